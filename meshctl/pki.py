@@ -1,0 +1,156 @@
+"""Generic X.509 building blocks over ``cryptography``: keys, names, signing, PEM.
+
+Pure functions, no I/O.  ``meshctl.certs`` applies Istio's CA conventions on top;
+``meshctl.sandbox`` uses the same blocks for its clusters' serving and client
+certificates.  Keeping one place that signs certificates means one place to audit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+KEY_TYPES = ("rsa-2048", "rsa-4096", "ecdsa-p256")
+
+# Backdate notBefore a little: clocks across clusters are never perfectly in step.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    """A new private key of one of :data:`KEY_TYPES`."""
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "rsa-4096":
+        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"unknown key type {key_type!r}; expected one of {', '.join(KEY_TYPES)}")
+
+
+def name(*, common_name: str | None = None, organization: str | None = None,
+         locality: str | None = None) -> x509.Name:
+    """An X.509 name from the few attributes meshctl uses, in a stable order."""
+    attrs = []
+    if organization:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    if common_name:
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    if locality:
+        attrs.append(x509.NameAttribute(NameOID.LOCALITY_NAME, locality))
+    return x509.Name(attrs)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a certificate is for; maps onto basicConstraints, keyUsage and extendedKeyUsage."""
+
+    ca: bool = False
+    path_length: int | None = None
+    server: bool = False
+    client: bool = False
+
+
+def _san(dns: Iterable[str], ips: Iterable[str]) -> x509.SubjectAlternativeName | None:
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    return x509.SubjectAlternativeName(names) if names else None
+
+
+def sign(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key: PrivateKey,
+         usage: Usage, days: float, dns: Sequence[str] = (), ips: Sequence[str] = (),
+         not_before: datetime | None = None, issuer_cert: x509.Certificate | None = None,
+         serial: int | None = None) -> x509.Certificate:
+    """Sign one certificate with SHA-256.
+
+    ``not_before`` defaults to now minus :data:`CLOCK_SKEW`; tests pass a past date to
+    make expired certificates without waiting.  CA certificates get keyCertSign and
+    cRLSign (critical), leaves get digitalSignature and keyEncipherment.
+    """
+    start = not_before or (datetime.now(UTC) - CLOCK_SKEW)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=usage.ca, path_length=usage.path_length),
+                       critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    if usage.ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          key_cert_sign=True, crl_sign=True, encipher_only=False,
+                          decipher_only=False),
+            critical=True)
+    else:
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                          crl_sign=False, encipher_only=False, decipher_only=False),
+            critical=True)
+        ekus = ([ExtendedKeyUsageOID.SERVER_AUTH] if usage.server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if usage.client else [])
+        if ekus:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+    if issuer_cert is not None:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    san = _san(dns, ips)
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def self_signed_ca(*, subject: x509.Name, key: PrivateKey, days: float,
+                   not_before: datetime | None = None) -> x509.Certificate:
+    """A self-signed root: basicConstraints critical CA:true, no path length limit."""
+    return sign(subject=subject, public_key=key.public_key(), issuer_name=subject,
+                issuer_key=key, usage=Usage(ca=True), days=days, not_before=not_before)
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: Istio's ``cacerts`` and kube components read it as is."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_certs(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order."""
+    return x509.load_pem_x509_certificates(pem)
+
+
+def load_key(pem: bytes) -> PrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError("unsupported private key type")
+    return key
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint as colon-separated upper-case hex, as ``openssl x509 -fingerprint``."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    return (cert.public_key().public_bytes(serialization.Encoding.DER, fmt)
+            == key.public_key().public_bytes(serialization.Encoding.DER, fmt))
