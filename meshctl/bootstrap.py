@@ -1,0 +1,196 @@
+"""The bootstrap flow: an ordered list of steps over the plan, and its dry-run.
+
+The steps are data (:class:`Step`), built from the plan alone, so that the dry-run
+prints exactly the flow a live run follows.  A dry-run contacts no cluster: it
+builds every certificate and manifest in memory, and only when all of them exist
+writes them under ``--out`` (one folder per cluster) with ``plan.json``.
+
+Values that only a live cluster can give (an east-west gateway's address, a remote
+secret's token) appear as named placeholders, never as made-up values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl import certs, files, manifests, pki
+from meshctl.config import Config
+from meshctl.errors import UsageError
+from meshctl.topology import Plan, east_west_placeholder
+
+PLAN_FILE = "plan.json"
+TOKEN_PLACEHOLDER = "<service-account-token:{source}>"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing bootstrap does, on one cluster (or locally when ``cluster`` is None)."""
+
+    cluster: str | None
+    action: str
+    objects: tuple[str, ...]
+    live: bool  # needs a reachable cluster (dry-run only describes it)
+    files: tuple[str, ...] = ()  # what the dry-run wrote for this step, relative to --out
+    needs: tuple[str, ...] = ()  # placeholders whose live values this step waits for
+    note: str = ""
+
+
+def _istiod(config: Config) -> str:
+    rev = config.mesh.istio.revision
+    return f"Deployment istio-system/istiod{'-' + rev if rev else ''}"
+
+
+def steps(config: Config, plan: Plan) -> list[Step]:
+    """The ordered flow for ``plan``: facts first, then local CA, then cluster changes."""
+    out: list[Step] = []
+    for c in plan.clusters:
+        out.append(Step(c.name, "preflight", (), live=True,
+                        note="resources, permissions, versions; abort on FAIL"))
+    out.append(Step(None, "root CA", (f"{config.mesh.ca.dir}/root-cert.pem",), live=False,
+                    note="created once on this machine, reused after; its key never leaves it"))
+    for c in plan.clusters:
+        out.append(Step(None, "intermediate CA", (f"{config.mesh.ca.dir}/{c.name}/",),
+                        live=False, files=tuple(f"{c.name}/{f}" for f in certs.CACERTS_FILES)))
+    for c in plan.clusters:
+        out.append(Step(c.name, "apply", ("Namespace istio-system",), live=True,
+                        files=(f"{c.name}/namespace.yaml",)))
+        out.append(Step(c.name, "apply", ("Secret istio-system/cacerts",), live=True,
+                        files=(f"{c.name}/cacerts.yaml",)))
+    primaries = [c for c in plan.clusters if c.istio_role == "primary"]
+    remotes = [c for c in plan.clusters if c.istio_role == "remote"]
+    for c in primaries:
+        out.append(Step(c.name, "istioctl install", (f"IstioOperator meshctl-{c.name}",
+                                                     _istiod(config)), live=True,
+                        files=(f"{c.name}/istio-operator.yaml",)))
+    for c in plan.clusters:
+        if c.east_west_gateway and c.istio_role == "primary":
+            out.append(Step(c.name, "istioctl install",
+                            ("Deployment istio-system/istio-eastwestgateway",
+                             "Service istio-system/istio-eastwestgateway"), live=True,
+                            files=(f"{c.name}/eastwest-gateway.yaml",)))
+            out.append(Step(c.name, "wait for east-west address", (), live=True,
+                            note=f"fills {east_west_placeholder(c.name)}"))
+        if c.expose_istiod:
+            out.append(Step(c.name, "apply", ("Gateway istio-system/istiod-gateway",
+                                              "VirtualService istio-system/istiod-vs"),
+                            live=True, files=(f"{c.name}/expose-istiod.yaml",)))
+    for c in remotes:
+        needs = (east_west_placeholder(c.control_plane),) if c.control_plane else ()
+        out.append(Step(c.name, "istioctl install", (f"IstioOperator meshctl-{c.name} "
+                                                     "(profile remote)",), live=True,
+                        files=(f"{c.name}/istio-operator.yaml",), needs=needs))
+        if c.east_west_gateway:
+            out.append(Step(c.name, "istioctl install",
+                            ("Deployment istio-system/istio-eastwestgateway",
+                             "Service istio-system/istio-eastwestgateway"), live=True,
+                            files=(f"{c.name}/eastwest-gateway.yaml",), needs=needs))
+            out.append(Step(c.name, "wait for east-west address", (), live=True,
+                            note=f"fills {east_west_placeholder(c.name)}"))
+    for c in plan.clusters:
+        if c.expose_services:
+            out.append(Step(c.name, "apply", ("Gateway istio-system/cross-network-gateway",),
+                            live=True, files=(f"{c.name}/expose-services.yaml",)))
+    for link in plan.links:
+        out.append(Step(link.target, "link",
+                        (f"Secret istio-system/istio-remote-secret-{link.source}",),
+                        live=True, needs=(TOKEN_PLACEHOLDER.format(source=link.source),),
+                        note=f"istioctl create-remote-secret on {link.source}; "
+                             "token read from the cluster, kept in memory"))
+    for c in plan.clusters:
+        out.append(Step(c.name, "wait", (_istiod(config) if c.istio_role == "primary"
+                                         else "remote secret synced on the main",),
+                        live=True, note="Available, with progress"))
+    return out
+
+
+@dataclass
+class DryRun:
+    """What a dry-run wrote and found."""
+
+    out: Path
+    root_source: str  # "existing" (from ca.dir) or "ephemeral" (in memory, not saved)
+    root_fingerprint: str
+    steps: list[Step]
+    written: list[Path] = field(default_factory=list)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    parent = out.parent if not out.exists() else out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is not a folder")
+
+
+def dry_run(config: Config, plan: Plan, out: Path) -> DryRun:
+    """Write every certificate and manifest bootstrap would apply; contact no cluster.
+
+    The root CA comes from ``ca.dir`` when one exists; otherwise an ephemeral root is
+    made in memory so the intermediates are real, and nothing of it but its
+    certificate is written (a dry-run must not create CA state).
+    """
+    _check_out(out)
+    if certs.root_exists(config.mesh.ca):
+        root, root_source = certs.load_root(config.mesh.ca), "existing"
+    else:
+        root, root_source = certs.make_root(config.mesh.ca), "ephemeral"
+
+    # Build everything in memory first: a failure here leaves the disk untouched.
+    payload: dict[Path, tuple[bytes, int]] = {}
+    for c in plan.clusters:
+        existing = certs.load_bundle(certs.cluster_dir(config.mesh.ca, c.name), c.name)
+        if existing is not None and certs.chain_problem(existing, root.cert) is None:
+            bundle = existing
+        else:
+            bundle = certs.make_intermediate(root, c.name, config.mesh.ca)
+        for name, data in bundle.files().items():
+            mode = files.PRIVATE if name == certs.CA_KEY else files.PUBLIC
+            payload[out / c.name / name] = (data, mode)
+        payload[out / c.name / "cacerts.yaml"] = (
+            manifests.cacerts_secret(bundle).encode(), files.PRIVATE)
+        for name, text in manifests.for_cluster(config, plan, c).items():
+            payload[out / c.name / name] = (text.encode(), files.PUBLIC)
+
+    flow = steps(config, plan)
+    result = DryRun(out=out, root_source=root_source,
+                    root_fingerprint=pki.fingerprint(root.cert), steps=flow)
+    document = plan_document(config, plan, result)
+    payload[out / PLAN_FILE] = (json.dumps(document, indent=2).encode() + b"\n", files.PUBLIC)
+
+    for c in plan.clusters:  # drop files an earlier dry-run wrote that this plan has not
+        folder = out / c.name
+        if folder.is_dir():
+            for stale in folder.iterdir():
+                if stale.is_file() and stale not in payload and stale.suffix in (".pem",
+                                                                                   ".yaml"):
+                    stale.unlink()
+    for path, (data, mode) in payload.items():
+        result.written.append(files.write_atomic(path, data, mode=mode))
+    return result
+
+
+def plan_document(config: Config, plan: Plan, result: DryRun) -> dict[str, Any]:
+    """``plan.json``: the plan, the CA used, and the ordered steps."""
+    placeholders = {east_west_placeholder(c.name): "address of the east-west gateway's "
+                    "LoadBalancer (or the cluster file's eastWestAddress), known after install"
+                    for c in plan.clusters if c.east_west_gateway}
+    placeholders.update({TOKEN_PLACEHOLDER.format(source=link.source):
+                         f"token of istio-system/istio-reader-service-account on {link.source}"
+                         for link in plan.links})
+    return {
+        "apiVersion": "meshctl/v1",
+        "kind": "BootstrapPlan",
+        "dryRun": True,
+        "mesh": {"meshID": plan.mesh_id, "trustDomain": config.mesh.trust_domain,
+                 "model": plan.model, "multiNetwork": plan.multi_network},
+        "ca": {"dir": str(config.mesh.ca.dir), "root": result.root_source,
+               "rootFingerprint": result.root_fingerprint, "keyType": config.mesh.ca.key},
+        "plan": plan.to_dict(),
+        "placeholders": placeholders,
+        "steps": [dict(asdict(s), order=i + 1) for i, s in enumerate(result.steps)],
+    }

@@ -1,0 +1,249 @@
+"""The mesh's certificate authority, by Istio's ``tools/certs`` conventions.
+
+One self-signed root on the operator's machine; one intermediate per cluster
+(``CA:true, pathlen:0``, subject ``L=<cluster>``, SAN ``DNS:istiod.istio-system.svc``);
+per cluster the four files that become ``istio-system/cacerts``:
+``ca-cert.pem``, ``ca-key.pem``, ``root-cert.pem``, ``cert-chain.pem`` (intermediate +
+root).  Following Istio's layout means Istio's own docs keep applying.
+
+Safety: the root key exists in memory and in ``<ca.dir>/root-key.pem`` (0600, atomic)
+and nowhere else; nothing here prints a key.  Builders are pure; the few functions
+that touch disk say so in their names (``write_*``, ``load_*``, ``init_root``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from meshctl import files, pki
+from meshctl.config import CASettings
+from meshctl.errors import ConfigError, UsageError
+
+ROOT_CERT = "root-cert.pem"
+ROOT_KEY = "root-key.pem"
+CA_CERT = "ca-cert.pem"
+CA_KEY = "ca-key.pem"
+CERT_CHAIN = "cert-chain.pem"
+CACERTS_FILES = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
+ISTIOD_SAN = "istiod.istio-system.svc"
+
+
+@dataclass(frozen=True)
+class RootCA:
+    """The root certificate and its key (the key never leaves this process but to disk)."""
+
+    cert: x509.Certificate
+    key: pki.PrivateKey
+
+    def __repr__(self) -> str:  # never let a key reach a log through repr()
+        return f"RootCA(subject={self.cert.subject.rfc4514_string()!r})"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What one cluster's ``cacerts`` holds."""
+
+    cluster: str
+    ca_cert: x509.Certificate
+    ca_key: pki.PrivateKey
+    roots: tuple[x509.Certificate, ...]  # root-cert.pem: one root, or two during rotation
+
+    def __repr__(self) -> str:
+        return f"Bundle(cluster={self.cluster!r}, serial={self.ca_cert.serial_number:x})"
+
+    @property
+    def signing_root(self) -> x509.Certificate:
+        """The root in the bundle that issued this intermediate."""
+        for root in self.roots:
+            if issued_by(self.ca_cert, root):
+                return root
+        raise ValueError(f"{self.cluster}: intermediate is not issued by any root in the bundle")
+
+    def files(self) -> dict[str, bytes]:
+        """The four ``cacerts`` files, byte for byte."""
+        roots = b"".join(pki.cert_pem(r) for r in self.roots)
+        return {
+            CA_CERT: pki.cert_pem(self.ca_cert),
+            CA_KEY: pki.key_pem(self.ca_key),
+            ROOT_CERT: roots,
+            CERT_CHAIN: pki.cert_pem(self.ca_cert) + pki.cert_pem(self.signing_root),
+        }
+
+
+# --- pure builders -----------------------------------------------------------------
+
+
+def make_root(settings: CASettings, *, not_before: datetime | None = None) -> RootCA:
+    """A new self-signed root CA (``O=<organization>, CN=Root CA``)."""
+    key = pki.generate_key(settings.key)
+    subject = pki.name(organization=settings.organization, common_name="Root CA")
+    cert = pki.self_signed_ca(subject=subject, key=key, days=settings.root_days,
+                              not_before=not_before)
+    return RootCA(cert=cert, key=key)
+
+
+def make_intermediate(root: RootCA, cluster: str, settings: CASettings, *,
+                      roots: tuple[x509.Certificate, ...] | None = None,
+                      days: float | None = None,
+                      not_before: datetime | None = None) -> Bundle:
+    """A cluster's intermediate CA signed by ``root``.
+
+    ``roots`` is what goes into ``root-cert.pem`` (default: just ``root``); root
+    rotation passes the old + new bundle.  ``days``/``not_before`` let tests make
+    expired intermediates without waiting.
+    """
+    key = pki.generate_key(settings.key)
+    subject = pki.name(organization=settings.organization, common_name="Intermediate CA",
+                       locality=cluster)
+    cert = pki.sign(subject=subject, public_key=key.public_key(), issuer_name=root.cert.subject,
+                    issuer_key=root.key, issuer_cert=root.cert,
+                    usage=pki.Usage(ca=True, path_length=0),
+                    days=days if days is not None else settings.intermediate_days,
+                    dns=[ISTIOD_SAN], not_before=not_before)
+    return Bundle(cluster=cluster, ca_cert=cert, ca_key=key, roots=roots or (root.cert,))
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s key signed ``cert`` (signature, not just matching names)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def validity_problem(cert: x509.Certificate, *, now: datetime | None = None) -> str | None:
+    """``None`` if ``cert`` is valid now, else why not (expired / not yet valid)."""
+    now = now or datetime.now(UTC)
+    if now < cert.not_valid_before_utc:
+        return f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    if now > cert.not_valid_after_utc:
+        return f"expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+def days_left(cert: x509.Certificate, *, now: datetime | None = None) -> float:
+    now = now or datetime.now(UTC)
+    return (cert.not_valid_after_utc - now).total_seconds() / 86400
+
+
+def chain_problem(bundle: Bundle, root: x509.Certificate) -> str | None:
+    """Why ``bundle`` does not chain to ``root`` and hold together, or ``None`` if it does."""
+    if not pki.same_public_key(bundle.ca_cert, bundle.ca_key):
+        return "ca-key.pem does not belong to ca-cert.pem"
+    if not issued_by(bundle.ca_cert, root):
+        return f"intermediate is not signed by root {pki.fingerprint(root)[:23]}…"
+    if not any(r == root for r in bundle.roots):
+        return "root-cert.pem does not contain the root"
+    return validity_problem(bundle.ca_cert)
+
+
+# --- disk --------------------------------------------------------------------------
+
+
+def root_paths(settings: CASettings) -> tuple[Path, Path]:
+    return settings.dir / ROOT_CERT, settings.dir / ROOT_KEY
+
+
+def root_exists(settings: CASettings) -> bool:
+    cert, key = root_paths(settings)
+    return cert.exists() or key.exists()
+
+
+def write_root(settings: CASettings, root: RootCA) -> None:
+    """Key first (0600), then certificate: a crash never leaves a cert without its key."""
+    cert_path, key_path = root_paths(settings)
+    settings.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.write_atomic(key_path, pki.key_pem(root.key), mode=files.PRIVATE)
+    files.write_atomic(cert_path, pki.cert_pem(root.cert), mode=files.PUBLIC)
+
+
+def init_root(settings: CASettings, *, force: bool = False) -> tuple[RootCA, Path | None]:
+    """Create the root CA in ``ca.dir``; never over an existing one unless ``force``.
+
+    With ``force`` the whole CA folder is first copied to a timestamped backup beside
+    it, which is returned.
+    """
+    backup = None
+    if root_exists(settings):
+        if not force:
+            raise UsageError(f"a root CA already exists in {settings.dir}; refusing to "
+                             "overwrite it (hint: --force backs it up first)")
+        backup = files.backup_dir(settings.dir)
+    root = make_root(settings)
+    write_root(settings, root)
+    return root, backup
+
+
+def load_root(settings: CASettings) -> RootCA:
+    """Read the root CA from ``ca.dir``, checking that key and certificate belong together."""
+    cert_path, key_path = root_paths(settings)
+    if not cert_path.exists() or not key_path.exists():
+        raise UsageError(f"no root CA in {settings.dir} (hint: run 'invoke certs.init')")
+    try:
+        cert = pki.load_certs(cert_path.read_bytes())[0]
+        key = pki.load_key(key_path.read_bytes())
+    except (ValueError, IndexError, OSError):
+        raise ConfigError(f"{settings.dir}: root-cert.pem or root-key.pem is unreadable or "
+                          "not PEM") from None
+    if not pki.same_public_key(cert, key):
+        raise ConfigError(f"{settings.dir}: root-key.pem does not belong to root-cert.pem")
+    return RootCA(cert=cert, key=key)
+
+
+def cluster_dir(settings: CASettings, cluster: str) -> Path:
+    return settings.dir / cluster
+
+
+def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Path]:
+    """Write the four files; ``ca-key.pem`` 0600, the rest 0644; each atomically."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written = {}
+    for fname, data in bundle.files().items():
+        mode = files.PRIVATE if fname == CA_KEY else files.PUBLIC
+        written[fname] = files.write_atomic(directory / fname, data, mode=mode)
+    return written
+
+
+def bundle_from_files(cluster: str, data: dict[str, bytes]) -> Bundle:
+    """Parse the four ``cacerts`` files (from disk or from a Secret)."""
+    missing = [f for f in (CA_CERT, CA_KEY, ROOT_CERT) if f not in data]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return Bundle(cluster=cluster, ca_cert=pki.load_certs(data[CA_CERT])[0],
+                  ca_key=pki.load_key(data[CA_KEY]),
+                  roots=tuple(pki.load_certs(data[ROOT_CERT])))
+
+
+def load_bundle(directory: Path, cluster: str) -> Bundle | None:
+    """The bundle in ``directory``, or ``None`` when there is none yet."""
+    if not (directory / CA_CERT).exists():
+        return None
+    try:
+        return bundle_from_files(cluster, {f: (directory / f).read_bytes()
+                                           for f in CACERTS_FILES if (directory / f).exists()})
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{directory}: cannot read the intermediate CA files: {e}") from None
+
+
+def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tuple[Bundle, bool]:
+    """The cluster's intermediate from disk if it is sound, else a new one written to disk.
+
+    Returns ``(bundle, created)``.  Re-running never re-issues a good intermediate,
+    so bootstrap stays idempotent and pushed ``cacerts`` stay stable; an unsound one
+    (expired, or under another root) is backed up beside it before it is replaced.
+    """
+    directory = cluster_dir(settings, cluster)
+    existing = load_bundle(directory, cluster)
+    if existing is not None:
+        if chain_problem(existing, root.cert) is None:
+            return existing, False
+        files.backup_dir(directory)  # never replace CA material without a copy
+    bundle = make_intermediate(root, cluster, settings)
+    write_bundle(directory, bundle)
+    return bundle, True
