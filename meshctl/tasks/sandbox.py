@@ -1,33 +1,108 @@
-"""sandbox.*: local clusters with real control planes and kwok nodes (TESTING.md)."""
+"""sandbox.*: local clusters with real control planes and kwok nodes (TESTING.md).
+
+Each task is flags → ``meshctl.sandbox`` → print → exit; progress goes to stderr so
+``sandbox.status --json`` stays clean JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
 
 from invoke import task
 
-from meshctl.tasks._common import guard, not_yet
+from meshctl import sandbox
+from meshctl.errors import CheckFailed, UsageError
+from meshctl.tasks._common import guard
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _int(flag: str, value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise UsageError(f"{flag} must be a whole number, got {value!r}") from None
 
 
 @task
 @guard
 def build(c):
     """Build the sandbox binaries (etcd, kube-*, kwok, istioctl) from pinned Go modules."""
-    not_yet("sandbox.build", 4)
+    result = sandbox.build(progress=_progress)
+    print(result.bin_dir)
 
 
-@task
+@task(help={
+    "clusters": "how many clusters (cluster1..N), default 2",
+    "nodes": "kwok nodes per cluster, default 3",
+    "cpu": "allocatable CPU per node, a Kubernetes quantity (4, 3500m), default 4",
+    "memory": "allocatable memory per node, a Kubernetes quantity (8Gi), default 8Gi",
+    "pods": "allocatable pods per node, default 110",
+})
 @guard
-def up(c, clusters=2, nodes=3, cpu="4", memory="8Gi"):
+def up(c, clusters=None, nodes=None, cpu="4", memory="8Gi", pods=None):
     """Start N local clusters (real control planes, simulated nodes)."""
-    not_yet("sandbox.up", 4)
+    # Numbers arrive as strings (None defaults) so a bad value is our one-line exit 2,
+    # not a traceback from invoke's int() cast.
+    shapes = sandbox.shapes(_int("--clusters", clusters or 2), nodes=_int("--nodes", nodes or 3),
+                            cpu=str(cpu), memory=str(memory), pods=_int("--pods", pods or 110))
+    sb = sandbox.up(clusters=shapes, progress=_progress)
+    for cl in sb.clusters:
+        print(f"{cl.name}: {cl.server}  context {cl.context}")
+    print(f"kubeconfig:   {sb.kubeconfig}")
+    print(f"clusters dir: {sb.clusters_dir}  (use --clusters-dir {sb.clusters_dir})")
 
 
 @task
 @guard
 def down(c):
     """Stop every sandbox process and remove its state."""
-    not_yet("sandbox.down", 4)
+    result = sandbox.down()
+    if not result.removed:
+        print(f"no sandbox in {result.state_dir}")
+        return
+    forced = f", killed after timeout: {', '.join(result.killed)}" if result.killed else ""
+    print(f"stopped {result.stopped} process(es){forced}; removed {result.state_dir}")
 
 
-@task
+@task(help={"json": "print the status as JSON"})
 @guard
-def status(c):
-    """Show the sandbox clusters and their processes."""
-    not_yet("sandbox.status", 4)
+def status(c, json_=False):
+    """Show the sandbox clusters, their processes and whether each API answers."""
+    st = sandbox.status()
+    if json_:
+        print(json.dumps(st.to_dict(), indent=2))
+    else:
+        _render(st)
+    if not st.clusters:
+        raise CheckFailed(f"no sandbox in {st.state_dir}", hint="'meshctl sandbox.up' starts one")
+    if not st.up:
+        # Not fully up is a failed check (exit 1), as DESIGN.md's exit codes say.
+        raise CheckFailed(f"sandbox in {st.state_dir} is not healthy",
+                          hint="see the logs under its logs/ folder; 'sandbox.down' cleans up")
+
+
+def _render(st: sandbox.SandboxStatus) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not st.clusters:
+        return
+    table = Table(title=f"sandbox {st.state_dir}")
+    for col in ("cluster", "api server", "API", "nodes", "processes", "RSS"):
+        table.add_column(col)
+    for cl in st.clusters:
+        dead = [p.component for p in cl.processes if not p.alive]
+        table.add_row(cl.name, cl.server, "✅" if cl.api_healthy else "❌",
+                      f"{cl.nodes_ready}/{cl.nodes_wanted}",
+                      "all running" if not dead else "❌ down: " + ", ".join(dead),
+                      f"{cl.rss_bytes / 2**20:.0f} MiB")
+    console.print(table)
+    if st.lb is not None:
+        console.print(f"LoadBalancer loop: pid {st.lb.pid} "
+                      f"{'running' if st.lb.alive else '❌ not running'}")
+    console.print(f"kubeconfig {st.kubeconfig}; clusters dir {st.clusters_dir}")

@@ -1,0 +1,192 @@
+"""Pytest fixtures over ``meshctl.sandbox``: real clusters, shared per session by shape.
+
+Starting a cluster costs seconds and hundreds of MiB, so clusters are session-scoped
+and reused by every test that asks for the same shape and label; isolation between
+tests comes from a fresh namespace each (``namespace``).  The fixtures never build:
+binaries missing means skip with one line, or fail when ``MESHCTL_REQUIRE_SANDBOX=1``
+(CI), so CI can never pass by skipping.  Every sandbox started here is stopped at the
+end of the session, also after Ctrl-C (``pytest_sessionfinish`` and ``atexit``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from meshctl import sandbox as sbx
+from meshctl.sandbox import Shape
+
+DEFAULT_SHAPE = Shape(nodes=3, cpu="4", memory="8Gi", pods=110)
+
+_STARTED: list[Path] = []
+
+
+def _down_all() -> None:
+    while _STARTED:
+        state = _STARTED.pop()
+        try:
+            sbx.down(state)
+        except Exception as e:  # teardown reports, it must not hide the test result
+            print(f"sandbox teardown of {state} failed: {e}")
+
+
+atexit.register(_down_all)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Covers Ctrl-C: pytest may skip fixture teardown but always finishes the session."""
+    _down_all()
+
+
+def require_bin() -> Path:
+    """The sandbox bin dir, located without building; skip (or fail in CI) if missing."""
+    found = sbx.locate()
+    if found is not None:
+        return found
+    reason = (f"sandbox binaries not built (looked in {sbx.bin_dir()}); "
+              "run 'meshctl sandbox.build' or set MESHCTL_SANDBOX_BIN")
+    if os.environ.get("MESHCTL_REQUIRE_SANDBOX") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Cluster:
+    """One sandbox cluster as a test sees it."""
+
+    name: str
+    context: str
+    kubeconfig: Path
+    api_url: str
+    ip: str
+    shape: Shape
+    _client: k8s.ApiClient | None = field(default=None, repr=False)
+
+    @property
+    def kubernetes(self) -> k8s.ApiClient:
+        """A ``kubernetes`` ApiClient for this cluster's admin context (made once)."""
+        if self._client is None:
+            self._client = k8s_config.new_client_from_config(
+                config_file=str(self.kubeconfig), context=self.context)
+        return self._client
+
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.kubernetes)
+
+    def apps(self) -> k8s.AppsV1Api:
+        return k8s.AppsV1Api(self.kubernetes)
+
+
+@dataclass
+class SandboxHandle:
+    """A running sandbox: its clusters, the clusters dir for --clusters-dir, the binaries."""
+
+    state_dir: Path
+    kubeconfig: Path
+    clusters_dir: Path
+    bin_dir: Path
+    clusters: tuple[Cluster, ...]
+
+    def __getitem__(self, key: int | str) -> Cluster:
+        if isinstance(key, int):
+            return self.clusters[key]
+        for c in self.clusters:
+            if c.name == key:
+                return c
+        raise KeyError(key)
+
+    def env(self) -> dict[str, str]:
+        """os.environ with the sandbox's binaries first on PATH and its kubeconfig set."""
+        return dict(os.environ, PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    KUBECONFIG=str(self.kubeconfig),
+                    MESHCTL_ISTIOCTL=str(self.bin_dir / "istioctl"))
+
+
+def _handle(sb: sbx.Sandbox) -> SandboxHandle:
+    clusters = tuple(Cluster(name=c.name, context=c.context, kubeconfig=c.kubeconfig,
+                             api_url=c.server, ip=c.ip, shape=c.shape) for c in sb.clusters)
+    return SandboxHandle(state_dir=sb.state_dir, kubeconfig=sb.kubeconfig,
+                         clusters_dir=sb.clusters_dir, bin_dir=sb.bin_dir, clusters=clusters)
+
+
+SandboxFactory = Callable[..., SandboxHandle]
+
+
+@pytest.fixture(scope="session")
+def sandbox_bin() -> Path:
+    """The folder with etcd, kube-*, kwok and istioctl (skips if not built)."""
+    return require_bin()
+
+
+@pytest.fixture(scope="session")
+def sandbox_factory(tmp_path_factory: pytest.TempPathFactory,
+                    sandbox_bin: Path) -> Iterator[SandboxFactory]:
+    """``sandbox_factory(clusters=2 | [Shape, ...], nodes=, cpu=, memory=, pods=, label=)``.
+
+    Returns a :class:`SandboxHandle`; the same shapes and label give the same running
+    sandbox for the whole session (use a new label for a sandbox a test may damage).
+    """
+    started: dict[tuple[tuple[Shape, ...], str], SandboxHandle] = {}
+
+    def make(clusters: int | Sequence[Shape] = 2, *, nodes: int = DEFAULT_SHAPE.nodes,
+             cpu: str = DEFAULT_SHAPE.cpu, memory: str = DEFAULT_SHAPE.memory,
+             pods: int = DEFAULT_SHAPE.pods, label: str = "default") -> SandboxHandle:
+        shapes = sbx.shapes(clusters, nodes=nodes, cpu=cpu, memory=memory, pods=pods)
+        key = (shapes, label)
+        if key not in started:
+            state = tmp_path_factory.mktemp(f"sandbox-{label}")
+            _STARTED.append(state)
+            started[key] = _handle(sbx.up(state, clusters=shapes, binaries=sandbox_bin))
+        return started[key]
+
+    yield make
+    for handle in started.values():
+        if handle.state_dir in _STARTED:
+            _STARTED.remove(handle.state_dir)
+            sbx.down(handle.state_dir)
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_factory: SandboxFactory) -> SandboxHandle:
+    """The default sandbox: cluster1 and cluster2, 3 nodes × 4 CPU / 8Gi each."""
+    return sandbox_factory(2)
+
+
+def _wait_default_sa(core: k8s.CoreV1Api, namespace: str, timeout: float = 60.0) -> None:
+    """Pods are refused until the controller manager made the namespace's ServiceAccount."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except k8s.ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def namespace(sandbox: SandboxHandle, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace, same name on every cluster of ``sandbox``, deleted afterwards."""
+    base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:40]
+    name = f"t-{base.strip('-')}-{uuid.uuid4().hex[:6]}"
+    for cl in sandbox.clusters:
+        cl.core().create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    for cl in sandbox.clusters:
+        _wait_default_sa(cl.core(), name)
+    yield name
+    for cl in sandbox.clusters:
+        try:
+            cl.core().delete_namespace(name)
+        except k8s.ApiException as e:
+            if e.status != 404:
+                raise
