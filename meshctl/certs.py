@@ -108,6 +108,22 @@ def make_intermediate(root: RootCA, cluster: str, settings: CASettings, *,
     return Bundle(cluster=cluster, ca_cert=cert, ca_key=key, roots=roots or (root.cert,))
 
 
+def workload_cert(bundle: Bundle, *, namespace: str, service_account: str,
+                  trust_domain: str = "cluster.local", hours: float = 24,
+                  not_before: datetime | None = None) -> x509.Certificate:
+    """A workload certificate as istiod issues one: empty subject, SPIFFE URI SAN.
+
+    meshctl never issues these to workloads (istiod does); they let checks and tests
+    prove what a sidecar would see, e.g. that trust survives each root-rotation step.
+    """
+    key = pki.generate_key("ecdsa-p256")
+    spiffe = f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+    return pki.sign(subject=x509.Name([]), public_key=key.public_key(),
+                    issuer_name=bundle.ca_cert.subject, issuer_key=bundle.ca_key,
+                    issuer_cert=bundle.ca_cert, usage=pki.Usage(server=True, client=True),
+                    days=hours / 24, uris=[spiffe], not_before=not_before)
+
+
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when ``issuer``'s key signed ``cert`` (signature, not just matching names)."""
     try:

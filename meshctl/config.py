@@ -25,6 +25,8 @@ from meshctl.errors import ConfigError, UsageError
 MESH_FILE = "mesh.yaml"
 ROLES = ("primary", "remote")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Kubernetes label value: the network becomes the topology.istio.io/network label.
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 CLUSTER_KEYS = {"name", "context", "kubeconfig", "network", "role", "apiServer",
                 "injectNamespaces", "eastWestAddress"}
@@ -239,6 +241,9 @@ def load_cluster(path: Path) -> Cluster:
                           f"{path.stem!r}")
     context = _string(path, "context", data.get("context"), required=True)
     network = _string(path, "network", data.get("network"), required=True)
+    if not LABEL_VALUE.match(network):
+        raise ConfigError(f"{path}: key 'network': {network!r} is not a valid label value "
+                          "(it becomes the topology.istio.io/network label)")
     role = data.get("role", "primary")
     if role not in ROLES:
         raise ConfigError(f"{path}: key 'role': {role!r} is not one of {', '.join(ROLES)}")
@@ -323,7 +328,7 @@ def load(directory: Path) -> Config:
     mesh = load_mesh(mesh_path)
     clusters: dict[str, Cluster] = {}
     files = sorted(p for p in directory.iterdir()
-                   if p.suffix in (".yaml", ".yml") and p.stem != "mesh" and p.is_file())
+                   if p.suffix in (".yaml", ".yml") and p.stem != "mesh")
     for path in files:
         cluster = load_cluster(path)
         if cluster.name in clusters:

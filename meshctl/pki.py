@@ -59,21 +59,25 @@ class Usage:
     client: bool = False
 
 
-def _san(dns: Iterable[str], ips: Iterable[str]) -> x509.SubjectAlternativeName | None:
+def _san(dns: Iterable[str], ips: Iterable[str],
+         uris: Iterable[str] = ()) -> x509.SubjectAlternativeName | None:
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    names += [x509.UniformResourceIdentifier(u) for u in uris]
     return x509.SubjectAlternativeName(names) if names else None
 
 
 def sign(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key: PrivateKey,
          usage: Usage, days: float, dns: Sequence[str] = (), ips: Sequence[str] = (),
-         not_before: datetime | None = None, issuer_cert: x509.Certificate | None = None,
+         uris: Sequence[str] = (), not_before: datetime | None = None,
+         issuer_cert: x509.Certificate | None = None,
          serial: int | None = None) -> x509.Certificate:
     """Sign one certificate with SHA-256.
 
     ``not_before`` defaults to now minus :data:`CLOCK_SKEW`; tests pass a past date to
     make expired certificates without waiting.  CA certificates get keyCertSign and
-    cRLSign (critical), leaves get digitalSignature and keyEncipherment.
+    cRLSign (critical), leaves get digitalSignature (and keyEncipherment for RSA).
+    ``days`` may be fractional: workload certificates live for hours.
     """
     start = not_before or (datetime.now(UTC) - CLOCK_SKEW)
     builder = (
@@ -110,9 +114,10 @@ def sign(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key: 
         ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-    san = _san(dns, ips)
+    san = _san(dns, ips, uris)
     if san is not None:
-        builder = builder.add_extension(san, critical=False)
+        # RFC 5280 4.2.1.6: with an empty subject the SAN carries the identity, critical.
+        builder = builder.add_extension(san, critical=len(subject) == 0)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
