@@ -263,3 +263,4 @@ def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tup
     bundle = make_intermediate(root, cluster, settings)
     write_bundle(directory, bundle)
     return bundle, True
+

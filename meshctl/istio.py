@@ -1,0 +1,117 @@
+"""istioctl: finding it, asking its version, and running it against one cluster.
+
+meshctl drives the real istioctl rather than re-implementing Istio's installer: the
+manifests Istio ships are the ones that get installed.  Every run names the cluster's
+kubeconfig and context explicitly (never the current context), and the output of a
+command that may carry credentials (create-remote-secret) is returned in memory and
+never logged; errors carry istioctl's last stderr line only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshctl import kube
+from meshctl.config import Cluster
+from meshctl.errors import ClusterError, UsageError, one_line
+
+ENV = "MESHCTL_ISTIOCTL"
+INSTALL_TIMEOUT = 600.0
+VERSION_RE = re.compile(r"^(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True)
+class Istioctl:
+    path: Path
+    version: str
+
+    @property
+    def minor(self) -> tuple[int, int] | None:
+        """``(1, 31)`` from ``1.31.0`` or ``1.31-dev``; ``None`` if unparseable."""
+        m = VERSION_RE.match(self.version)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def find() -> Istioctl:
+    """``$MESHCTL_ISTIOCTL``, else ``istioctl`` on PATH, with its client version."""
+    configured = os.environ.get(ENV)
+    path = Path(configured) if configured else None
+    if path is None:
+        found = shutil.which("istioctl")
+        path = Path(found) if found else None
+    if path is None or not path.is_file() or not os.access(path, os.X_OK):
+        where = f"{ENV}={configured}" if configured else "PATH"
+        raise UsageError(f"istioctl not found ({where})",
+                         hint=f"install istioctl, or set {ENV}; 'invoke sandbox.build' "
+                              "builds one")
+    result = subprocess.run([str(path), "version", "--remote=false", "-o", "json"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    try:
+        version = json.loads(result.stdout)["clientVersion"]["version"]
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(f"{path} version: unexpected output "
+                           f"({_last_line(result.stderr) or 'no JSON'})") from None
+    return Istioctl(path=path, version=version)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return one_line(lines[-1], 300) if lines else ""
+
+
+def cluster_args(cluster: Cluster) -> list[str]:
+    args = ["--context", cluster.context]
+    path = kube.kubeconfig_path(cluster)
+    if path:
+        args += ["--kubeconfig", path]
+    return args
+
+
+def run(istioctl: Istioctl, cluster: Cluster, args: list[str], *, what: str,
+        timeout: float = INSTALL_TIMEOUT) -> str:
+    """Run ``istioctl <args>`` against ``cluster``; stdout on success, ClusterError else.
+
+    stdout is returned, never printed or logged: for create-remote-secret it holds a
+    token.  The error message carries only istioctl's last stderr line.
+    """
+    cmd = [str(istioctl.path), *args, *cluster_args(cluster)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{cluster.name}: {what}: istioctl did not finish within "
+                           f"{timeout:.0f}s") from None
+    if result.returncode != 0:
+        raise ClusterError(f"{cluster.name}: {what}: istioctl exited {result.returncode}: "
+                           f"{_last_line(result.stderr) or _last_line(result.stdout)}")
+    return result.stdout
+
+
+def install(istioctl: Istioctl, cluster: Cluster, operator_yaml: str, *, what: str,
+            timeout: float = INSTALL_TIMEOUT) -> None:
+    """``istioctl install -y -f <operator>`` on ``cluster`` (waits for readiness itself)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshctl-iop-") as f:
+        f.write(operator_yaml)
+        f.flush()
+        run(istioctl, cluster, ["install", "-y", "-f", f.name,
+                                "--readiness-timeout", f"{int(timeout)}s"],
+            what=what, timeout=timeout + 60)
+
+
+def manifest_generate(istioctl: Istioctl, operator_yaml: str) -> str:
+    """``istioctl manifest generate -f``: Istio's own validation of an IstioOperator."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshctl-iop-") as f:
+        f.write(operator_yaml)
+        f.flush()
+        result = subprocess.run([str(istioctl.path), "manifest", "generate", "-f", f.name],
+                                capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise UsageError(f"istioctl rejected the IstioOperator: {_last_line(result.stderr)}")
+    return result.stdout

@@ -1,0 +1,385 @@
+"""Everything meshctl sends to a Kubernetes API server goes through this module.
+
+- One client per cluster, built by ``kubernetes.config`` from the cluster file's
+  kubeconfig and context (exec plugins, client certificates, tokens all work).
+- One retry policy (tenacity): only 429 (honouring ``Retry-After``), 5xx and
+  connection errors are retried, with exponential backoff, jitter and a total
+  deadline.  Any other 4xx fails at once: retrying a 403 only hides it.  urllib3's
+  own silent retries are switched off so that this policy is the only one.
+- Objects travel as plain JSON dicts over the client's REST layer: no per-object
+  model classes, so large LISTs stay cheap and the manifests from ``templates/``
+  go to the API as they are.
+- :func:`ensure` is create-or-update that reads first and writes only on a real
+  difference, which is what makes a re-run of bootstrap free of mutating requests.
+
+Error messages name the cluster, the object and the API's reason; they never carry
+request bodies, headers or kubeconfig contents (tokens, keys).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import tenacity
+import urllib3
+from kubernetes import config as kube_config
+from kubernetes.client import ApiClient
+from kubernetes.config.config_exception import ConfigException
+
+from meshctl.config import Cluster
+from meshctl.errors import ClusterError, ConfigError, one_line
+
+DEFAULT_DEADLINE = float(os.environ.get("MESHCTL_API_DEADLINE", "60"))
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
+MAX_RETRY_AFTER = 30.0
+PAGE_SIZE = 500
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+class ApiError(ClusterError):
+    """The API server answered with an error status."""
+
+    def __init__(self, message: str, *, status: int, reason: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class NotFound(ApiError):
+    """404: the object (or its kind) does not exist."""
+
+
+class Conflict(ApiError):
+    """409: already exists, or the resourceVersion moved on."""
+
+
+class Forbidden(ApiError):
+    """401/403: the credentials may not do this."""
+
+
+class Unreachable(ClusterError):
+    """No HTTP answer at all: connection refused, reset, timed out."""
+
+
+def _error_for(status: int) -> type[ApiError]:
+    if status == 404:
+        return NotFound
+    if status == 409:
+        return Conflict
+    if status in (401, 403):
+        return Forbidden
+    return ApiError
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: throttling, server-side failures and dropped connections."""
+    if isinstance(exc, Unreachable):
+        return True
+    return isinstance(exc, ApiError) and (exc.status == 429 or exc.status >= 500)
+
+
+# --- the retry policy ----------------------------------------------------------------
+
+
+class _WaitRetryAfter(tenacity.wait.wait_base):
+    """Honour a 429's ``Retry-After``; otherwise exponential backoff with jitter."""
+
+    def __init__(self) -> None:
+        self.fallback = tenacity.wait_exponential_jitter(initial=0.2, max=5.0)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome else None
+        if isinstance(exc, ApiError) and exc.retry_after is not None:
+            return min(exc.retry_after, MAX_RETRY_AFTER)
+        return self.fallback(retry_state)
+
+
+def retrying(deadline: float = DEFAULT_DEADLINE) -> tenacity.Retrying:
+    """The one retry policy for API calls (see the module docstring)."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=_WaitRetryAfter(),
+        stop=tenacity.stop_after_delay(deadline),
+        reraise=True,
+    )
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+# --- clients -------------------------------------------------------------------------
+
+
+def kubeconfig_path(cluster: Cluster) -> str | None:
+    """The cluster file's kubeconfig, else ``None`` ($KUBECONFIG, then ~/.kube/config)."""
+    return str(Path(cluster.kubeconfig).expanduser()) if cluster.kubeconfig else None
+
+
+@dataclass
+class Kube:
+    """One cluster's API, with the retry policy and a count of what was sent."""
+
+    cluster: str
+    api: ApiClient
+    deadline: float = DEFAULT_DEADLINE
+    counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def server(self) -> str:
+        return self.api.configuration.host
+
+    @property
+    def mutations(self) -> int:
+        return sum(n for verb, n in self.counts.items() if verb not in ("GET", "HEAD"))
+
+    # one HTTP request, no retry
+    def _send(self, method: str, path: str, *, body: Any = None, query: Mapping | None = None,
+              content_type: str | None = None, what: str = "") -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        url_path = path + (("?" + urlencode(query)) if query else "")
+        _, url, headers, payload, _ = self.api.param_serialize(
+            method=method, resource_path=url_path, header_params=headers,
+            body=body, auth_settings=["BearerToken"])
+        with self._lock:
+            self.counts[method] = self.counts.get(method, 0) + 1
+        try:
+            response = self.api.call_api(method, url, header_params=headers, body=payload,
+                                         _request_timeout=REQUEST_TIMEOUT)
+            raw = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unreachable(f"{self.cluster}: {what or path}: API server {self.server} not "
+                              f"reachable ({type(e).__name__})") from None
+        if 200 <= response.status < 300:
+            return json.loads(raw) if raw else None
+        reason = _reason(raw, response.status)
+        cls = _error_for(response.status)
+        raise cls(f"{self.cluster}: {what or method + ' ' + path}: {reason}",
+                  status=response.status, reason=reason,
+                  retry_after=_parse_retry_after(response.getheader("Retry-After")))
+
+    def request(self, method: str, path: str, *, body: Any = None,
+                query: Mapping | None = None, content_type: str | None = None,
+                what: str = "") -> Any:
+        """One API call under the retry policy; JSON in and out."""
+        for attempt in retrying(self.deadline):
+            with attempt:
+                return self._send(method, path, body=body, query=query,
+                                  content_type=content_type, what=what)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(self, path: str, *, what: str = "") -> dict | None:
+        """The object at ``path``, or ``None`` when it does not exist."""
+        try:
+            return self.request("GET", path, what=what)
+        except NotFound:
+            return None
+
+    def pages(self, path: str, *, query: Mapping | None = None, limit: int = PAGE_SIZE,
+              what: str = "") -> Iterator[dict]:
+        """A paginated LIST, one page (a JSON dict) at a time, following continue tokens."""
+        params = {**(query or {}), "limit": limit}
+        while True:
+            page = self.request("GET", path, query=params, what=what or f"list {path}")
+            yield page
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            params = {**params, "continue": token}
+
+    def items(self, path: str, **kwargs: Any) -> Iterator[dict]:
+        for page in self.pages(path, **kwargs):
+            yield from page.get("items") or []
+
+
+def client(cluster: Cluster, *, deadline: float = DEFAULT_DEADLINE) -> Kube:
+    """A :class:`Kube` for the cluster file's kubeconfig and context.
+
+    A missing kubeconfig or context is a configuration error (exit 2) naming the
+    cluster file; the kubeconfig's contents never appear in the message.
+    """
+    path = kubeconfig_path(cluster)
+    try:
+        api = kube_config.new_client_from_config(config_file=path, context=cluster.context,
+                                                 persist_config=False)
+    except ConfigException as e:
+        text = str(e)
+        if "context" in text.lower() and cluster.context in text:
+            detail = f"context {cluster.context!r} not found"
+        else:
+            detail = "cannot load it"
+        where = path or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise ConfigError(f"{cluster.source}: key 'context': kubeconfig {where}: "
+                          f"{detail}") from None
+    except OSError as e:
+        raise ConfigError(f"{cluster.source}: key 'kubeconfig': cannot read "
+                          f"{path or '$KUBECONFIG'}: {e.strerror}") from None
+    api.configuration.retries = False  # our policy is the only retry policy
+    return Kube(cluster=cluster.name, api=api, deadline=deadline)
+
+
+def _reason(raw: bytes, status: int) -> str:
+    """The API's own short message (a Status object), else the HTTP status."""
+    try:
+        doc = json.loads(raw)
+        message = doc.get("message") or doc.get("reason")
+    except (ValueError, AttributeError):
+        message = None
+    return one_line(f"{message} (HTTP {status})" if message else f"HTTP {status}", 300)
+
+
+# --- paths and objects ---------------------------------------------------------------
+
+# kind -> (plural, namespaced); apiVersion comes from the object itself.
+KINDS: dict[str, tuple[str, bool]] = {
+    "Namespace": ("namespaces", False),
+    "Secret": ("secrets", True),
+    "ConfigMap": ("configmaps", True),
+    "Service": ("services", True),
+    "ServiceAccount": ("serviceaccounts", True),
+    "Pod": ("pods", True),
+    "Deployment": ("deployments", True),
+    "ClusterRole": ("clusterroles", False),
+    "ClusterRoleBinding": ("clusterrolebindings", False),
+    "Role": ("roles", True),
+    "RoleBinding": ("rolebindings", True),
+    "Gateway": ("gateways", True),
+    "VirtualService": ("virtualservices", True),
+    "DestinationRule": ("destinationrules", True),
+    "CustomResourceDefinition": ("customresourcedefinitions", False),
+    "MutatingWebhookConfiguration": ("mutatingwebhookconfigurations", False),
+    "ValidatingWebhookConfiguration": ("validatingwebhookconfigurations", False),
+}
+
+
+def collection_path(api_version: str, kind: str, namespace: str | None = None) -> str:
+    """``/api/v1/namespaces/ns/secrets`` and friends."""
+    plural, namespaced = KINDS[kind]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespaced and namespace:
+        return f"{base}/namespaces/{quote(namespace)}/{plural}"
+    return f"{base}/{plural}"
+
+
+def object_path(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return (collection_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+            + "/" + quote(meta["name"]))
+
+
+def describe(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    ns = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj['kind']} {ns}{meta['name']}"
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """True when every field of ``desired`` is in ``live`` with the same value.
+
+    Mappings are compared key by key (extra live keys, such as defaults the API
+    server adds, are fine); lists and scalars must be equal.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            k in live and contains(live[k], v) for k, v in desired.items())
+    return live == desired
+
+
+def ensure(kube: Kube, obj: Mapping[str, Any]) -> str:
+    """Create ``obj`` or bring the live one up to it; returns created/updated/unchanged.
+
+    Reads first, writes only when a field we own differs (merge patch of our
+    fields), so a converged cluster sees GETs only.
+    """
+    path, what = object_path(obj), describe(obj)
+    live = kube.get(path, what=f"read {what}")
+    if live is None:
+        try:
+            kube.request("POST", path.rsplit("/", 1)[0], body=obj, what=f"create {what}")
+            return "created"
+        except Conflict:  # created meanwhile (a concurrent run): compare with it instead
+            live = kube.get(path, what=f"read {what}") or {}
+    desired = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+    if contains(live, desired):
+        return "unchanged"
+    kube.request("PATCH", path, body=desired, content_type="application/merge-patch+json",
+                 what=f"update {what}")
+    return "updated"
+
+
+def delete(kube: Kube, obj: Mapping[str, Any]) -> bool:
+    """Delete ``obj`` if it exists; True when something was deleted."""
+    path = object_path(obj)
+    if kube.get(path, what=f"read {describe(obj)}") is None:
+        return False
+    try:
+        kube.request("DELETE", path, what=f"delete {describe(obj)}")
+    except NotFound:
+        return False
+    return True
+
+
+# --- waits ----------------------------------------------------------------------------
+
+
+class WaitTimeout(ClusterError):
+    """A wait ran out of time; says what it waited for and the last reason."""
+
+
+def wait_for(what: str, check: Callable[[], str | None], *, timeout: float,
+             interval: float = 1.0,
+             progress: Callable[[str], None] | None = None) -> None:
+    """Poll ``check`` until it returns ``None`` (done) or ``timeout`` passes.
+
+    ``check`` returns why it is not done yet; transient API errors count as
+    "not yet".  The one wait helper, so every wait fails the same way:
+    ``timeout while waiting for X, last: …``.
+    """
+    last = ["not checked yet"]
+
+    def attempt() -> str | None:
+        try:
+            reason = check()
+        except (Unreachable, ApiError) as e:
+            if isinstance(e, ApiError) and not is_transient(e):
+                raise
+            reason = str(e)
+        if reason and progress:
+            progress(reason)
+        last[0] = reason or ""
+        return reason
+
+    try:
+        tenacity.Retrying(retry=tenacity.retry_if_result(lambda r: r is not None),
+                          stop=tenacity.stop_after_delay(timeout),
+                          wait=tenacity.wait_fixed(interval))(attempt)
+    except tenacity.RetryError:
+        raise WaitTimeout(f"timeout after {timeout:.0f}s while waiting for {what}, "
+                          f"last: {last[0]}") from None
