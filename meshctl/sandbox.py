@@ -19,9 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,36 @@ class GoBuild:
     ldflags: str = ""
 
 
+def _module_version(module: str, path: str) -> str:
+    """The version a wrapper module's go.mod pins for ``path`` ('' outside a checkout)."""
+    try:
+        for line in (SOURCES / module / "go.mod").read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in (path, "require") and path in words:
+                return words[words.index(path) + 1]
+    except OSError:
+        pass
+    return ""
+
+
+def _kube_ldflags(version: str) -> str:
+    """Stamp the version the way Kubernetes' own build does (hack/lib/version.sh).
+
+    Without it the API server reports ``v0.0.0-master+$Format:%H$``, which istioctl's
+    version checks (``x precheck``, ``install``) refuse to parse.
+    """
+    if not version:
+        return ""
+    major, minor = version.lstrip("v").split(".")[:2]
+    return " ".join(f"-X k8s.io/{pkg}/version.{key}={value}"
+                    for pkg in ("component-base", "client-go/pkg")
+                    for key, value in (("gitVersion", version), ("gitMajor", major),
+                                       ("gitMinor", minor), ("gitTreeState", "clean")))
+
+
+KUBERNETES_VERSION = _module_version("kubernetes", "k8s.io/kubernetes")
+ISTIO_BUILD_VERSION = "1.31-dev"
+
 # The build flags are part of the cache key: change one and the cache rebuilds.
 BUILDS = (
     GoBuild("etcd", (".",), ("etcd",)),
@@ -63,9 +94,10 @@ BUILDS = (
     GoBuild("kubernetes", ("k8s.io/kubernetes/cmd/kube-apiserver",
                            "k8s.io/kubernetes/cmd/kube-controller-manager",
                            "k8s.io/kubernetes/cmd/kube-scheduler"),
-            ("kube-apiserver", "kube-controller-manager", "kube-scheduler")),
+            ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+            _kube_ldflags(KUBERNETES_VERSION)),
     GoBuild("istioctl", ("istio.io/istio/istioctl/cmd/istioctl",), ("istioctl",),
-            "-X istio.io/istio/pkg/version.buildVersion=1.31-dev"),
+            f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}"),
 )
 BINARIES = tuple(out for b in BUILDS for out in b.outputs)
 # What ``up`` runs; istioctl is built alongside for tests and users, not needed to start.
@@ -310,19 +342,30 @@ def _prepare(p: cluster.ClusterPlan) -> dict[str, cluster.Credential]:
 
 
 def _start_all(plans: list[cluster.ClusterPlan], bins: Path, say: Progress) -> None:
-    """Start every cluster at once (each waits mostly on its own API server)."""
+    """Start every cluster at once (each waits mostly on its own API server).
+
+    The first failure (or Ctrl-C) cancels the other starts, so the caller's cleanup
+    runs after every thread has stopped spawning.
+    """
     started = time.monotonic()
+    cancel = threading.Event()
+    errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="sandbox") as pool:
-        futures = {p.name: pool.submit(cluster.start, p, bins, STAGES) for p in plans}
-        errors = []
-        for name, fut in futures.items():
-            try:
-                fut.result()
-                say(f"{name} ready after {time.monotonic() - started:.1f}s")
-            except Exception as e:
-                errors.append(e)
+        futures = {pool.submit(cluster.start, p, bins, STAGES, cancel): p.name for p in plans}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    fut.result()
+                    say(f"{futures[fut]} ready after {time.monotonic() - started:.1f}s")
+                except Exception as e:
+                    cancel.set()
+                    errors.append(e)
+        except BaseException:
+            cancel.set()
+            raise
     if errors:
-        first = errors[0]
+        # The root cause, not the "cancelled" errors it caused in the other clusters.
+        first = next((e for e in errors if "cancelled" not in str(e)), errors[0])
         if isinstance(first, ClusterError):
             raise first
         raise ClusterError(f"sandbox start failed: {type(first).__name__}: {first}") from first

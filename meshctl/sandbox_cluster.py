@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,20 +321,26 @@ def _nodes_ready(api: Api, want: int) -> bool:
 class _Starter:
     """Starts one cluster's components in order and watches them while it waits."""
 
-    def __init__(self, p: ClusterPlan, bin_dir: Path, stages: Path) -> None:
+    def __init__(self, p: ClusterPlan, bin_dir: Path, stages: Path,
+                 cancel: threading.Event) -> None:
         self.p = p
         self.bin_dir = bin_dir
         self.stages = stages
+        self.cancel = cancel
         self.procs: list[Proc] = []
         self.exited: Proc | None = None
 
     def spawn(self, component: str, argv: list[str]) -> Proc:
+        if self.cancel.is_set():  # another cluster failed or Ctrl-C: start nothing more
+            raise ComponentFailed(f"{self.p.name}: start cancelled before {component}")
         proc = spawn(self.p.state_dir, self.p.name, component, argv)
         self.procs.append(proc)
         return proc
 
     def dead(self) -> str | None:
-        """Why waiting is pointless: the first component that exited, if any."""
+        """Why waiting is pointless: cancelled, or the first component that exited."""
+        if self.cancel.is_set():
+            return "start cancelled"
         for proc in self.procs:
             if not alive(proc.pid):
                 self.exited = proc
@@ -374,10 +381,12 @@ class _Starter:
         return self.procs
 
 
-def start(p: ClusterPlan, bin_dir: Path, stages: Path) -> list[Proc]:
+def start(p: ClusterPlan, bin_dir: Path, stages: Path,
+          cancel: threading.Event | None = None) -> list[Proc]:
     """Start one planned cluster and wait until it is usable; files must exist already.
 
     Usable means: API ready, every node Ready, and the ``default`` ServiceAccount made
-    by the controller manager (so pods can be created at once).
+    by the controller manager (so pods can be created at once).  Setting ``cancel``
+    (from another thread) stops the sequence at its next step.
     """
-    return _Starter(p, bin_dir, stages).run()
+    return _Starter(p, bin_dir, stages, cancel or threading.Event()).run()

@@ -117,25 +117,43 @@ def read_pids(state_dir: Path) -> dict[str, int]:
     return pids
 
 
+# Stop order: clients of the API server first (its watches then close and it exits in
+# about a second instead of draining for many), the API server next, etcd last.
+_STOP_TIERS = ("kube-apiserver", "etcd")
+
+
+def _tier(name: str) -> int:
+    component = name.split("-", 1)[1] if "-" in name else name
+    return _STOP_TIERS.index(component) + 1 if component in _STOP_TIERS else 0
+
+
 def stop_all(state_dir: Path, *, timeout: float = 10.0) -> list[str]:
-    """TERM every sandbox process group, KILL what is left after ``timeout``; remove pid files.
+    """Stop every sandbox process group tier by tier (TERM, KILL after ``timeout``).
 
     Returns the names of processes that had to be killed.  Only processes whose command
-    line mentions ``state_dir`` are signalled (pid reuse safety).
+    line mentions ``state_dir`` are signalled (pid reuse safety).  Pid files go last.
     """
     owned = {name: pid for name, pid in read_pids(state_dir).items() if alive(pid, state_dir)}
-    for pid in owned.values():
-        _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in owned.values()):
-        time.sleep(0.1)
-    killed = [name for name, pid in owned.items() if alive(pid)]
-    for name in killed:
-        _signal_group(owned[name], signal.SIGKILL)
-    for pid in owned.values():
-        _wait_gone(pid, 5.0)
+    killed: list[str] = []
+    for tier in sorted({_tier(name) for name in owned}):
+        killed += _stop(
+            {name: pid for name, pid in owned.items() if _tier(name) == tier}, timeout)
     for pf in (state_dir / "pids").glob("*.pid"):
         pf.unlink(missing_ok=True)
+    return killed
+
+
+def _stop(group: dict[str, int], timeout: float) -> list[str]:
+    for pid in group.values():
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in group.values()):
+        time.sleep(0.05)
+    killed = [name for name, pid in group.items() if alive(pid)]
+    for name in killed:
+        _signal_group(group[name], signal.SIGKILL)
+    for pid in group.values():
+        _wait_gone(pid, 5.0)
     return killed
 
 
