@@ -20,7 +20,22 @@ CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or 
 @guard
 def preflight(c, cluster=None, json=False, clusters_dir=None):
     """Check that each cluster can take the mesh (resources, permissions, versions)."""
-    not_yet("preflight", 5)
+    from invoke.exceptions import Exit
+
+    from meshctl import preflight as checks  # imported here: only this task needs it
+
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    reports = checks.run(cfg, cluster or [])
+    document = checks.document(reports)
+    if json:
+        report.print_json(document)
+    else:
+        for one in document["clusters"]:
+            report.out.print(report.preflight_table(one))
+        for line in report.preflight_summary(document):
+            report.out.print(line, highlight=False)
+    if document["exitCode"]:
+        raise Exit(code=document["exitCode"])
 
 
 @task(help={"cluster": "cluster to install", "dry-run": "render only, contact no cluster",

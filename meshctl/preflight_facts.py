@@ -1,0 +1,314 @@
+"""Preflight's reads: everything it needs from one cluster, gathered once, as facts.
+
+Facts first, checks second (cilium-cli's ``connect``): this module is the only part
+of preflight that talks to a cluster, and only through ``kube.py``.  The reads are
+shaped for large clusters:
+
+- one paginated LIST per kind across all namespaces (nodes, pods, namespaces and,
+  only where an east-west address must be found, services), pages of raw JSON
+  folded into small sums as they arrive: per node its allocatable and the requests
+  on it, per inject namespace a pod count, the istiod pods; nothing else is kept;
+- nodes and pods are listed concurrently (two continue-token chains, each strictly
+  sequential by nature);
+- permissions: one SelfSubjectAccessReview for "everything" first; a cluster admin
+  passes it and nothing more is asked.  Otherwise one review per permission that
+  install and link need, so the report lists each missing one.
+
+Every read that fails is kept as an error string on the facts, never raised, so
+the other checks of that cluster still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshctl import cacerts, kube
+from meshctl import preflight_capacity as cap
+from meshctl.config import Cluster
+from meshctl.errors import MeshctlError
+
+ISTIO_NS = "istio-system"
+REACH_DEADLINE = 10.0  # seconds of retries before a cluster counts as unreachable
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What the mesh puts on one cluster, from the plan (or the cluster file alone)."""
+
+    istiod: bool  # a primary runs istiod (default profile) ...
+    ingress_gateway: bool  # ... and istio-ingressgateway with it
+    east_west_gateway: bool
+    istio_gateways: bool  # meshctl applies networking.istio.io Gateways (expose)
+    link_source: bool  # other clusters read this API server (remote secret)
+
+
+@dataclass(frozen=True)
+class Permission:
+    verb: str
+    resource: str
+    group: str = ""
+    namespace: str | None = None
+
+    def __str__(self) -> str:
+        res = f"{self.resource}.{self.group}" if self.group else self.resource
+        where = f" in {self.namespace}" if self.namespace else " (cluster-wide)"
+        return f"{self.verb} {res}{where}"
+
+
+def _cluster_scoped(verb: str, resource: str, group: str = "") -> Permission:
+    return Permission(verb, resource, group)
+
+
+def _in_istio(verb: str, resource: str, group: str = "") -> Permission:
+    return Permission(verb, resource, group, ISTIO_NS)
+
+
+# What `istioctl install` (default profile, plus the east-west gateway), cacerts push,
+# namespace labels and `istioctl create-remote-secret` + link need; "create" stands
+# for the write verbs of each kind, "patch" where meshctl updates in place.
+PERMISSIONS: tuple[Permission, ...] = (
+    _cluster_scoped("create", "namespaces"),
+    _cluster_scoped("patch", "namespaces"),
+    _cluster_scoped("create", "customresourcedefinitions", "apiextensions.k8s.io"),
+    _cluster_scoped("create", "clusterroles", "rbac.authorization.k8s.io"),
+    _cluster_scoped("create", "clusterrolebindings", "rbac.authorization.k8s.io"),
+    _cluster_scoped("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io"),
+    _cluster_scoped("create", "validatingwebhookconfigurations",
+                    "admissionregistration.k8s.io"),
+    _in_istio("create", "deployments", "apps"),
+    _in_istio("create", "services"),
+    _in_istio("create", "serviceaccounts"),
+    _in_istio("create", "configmaps"),
+    _in_istio("create", "secrets"),
+    _in_istio("patch", "secrets"),
+    _in_istio("get", "secrets"),
+    _in_istio("create", "roles", "rbac.authorization.k8s.io"),
+    _in_istio("create", "rolebindings", "rbac.authorization.k8s.io"),
+    _in_istio("create", "poddisruptionbudgets", "policy"),
+    _in_istio("create", "horizontalpodautoscalers", "autoscaling"),
+)
+GATEWAY_PERMISSION = _in_istio("create", "gateways", "networking.istio.io")
+EVERYTHING = Permission("*", "*", "*")
+
+
+@dataclass(frozen=True)
+class IstiodPod:
+    version: str  # image tag, e.g. 1.24.2
+    revision: str
+
+
+@dataclass
+class Facts:
+    """What preflight learned about one cluster; ``*_error`` says what it could not."""
+
+    cluster: Cluster
+    footprint: Footprint
+    server: str = ""
+    context_error: str = ""
+    unreachable: str = ""
+    git_version: str = ""
+    minor: int | None = None  # Kubernetes 1.<minor>; None when the server does not say
+    nodes: dict[str, cap.Node] = field(default_factory=dict)
+    nodes_error: str = ""
+    pods_used: dict[str, list[int]] = field(default_factory=dict)  # node -> cpu, mem, pods
+    inject_pods: dict[str, int] = field(default_factory=dict)
+    istiod: list[IstiodPod] = field(default_factory=list)
+    pods_error: str = ""
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # wanted ones: labels
+    namespaces_error: str = ""
+    lb_has_address: bool | None = None  # None: not looked (not needed)
+    services_error: str = ""
+    cacerts: Any = None  # certs.Bundle | None
+    cacerts_present: bool = False
+    cacerts_error: str = ""
+    admin: bool = False
+    missing: list[Permission] = field(default_factory=list)
+    permissions_error: str = ""
+    requests: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reachable(self) -> bool:
+        return not (self.context_error or self.unreachable)
+
+
+# --- gathering ---------------------------------------------------------------------------
+
+
+def gather(cluster: Cluster, footprint: Footprint) -> Facts:
+    """Connect, then read everything the checks need; errors land on the facts."""
+    facts = Facts(cluster=cluster, footprint=footprint)
+    try:
+        k = kube.client(cluster, deadline=REACH_DEADLINE)
+    except MeshctlError as e:
+        facts.context_error = str(e)
+        return facts
+    facts.server = k.server
+    try:
+        info = k.request("GET", "/version", what="read /version") or {}
+        facts.git_version = info.get("gitVersion", "")
+        facts.minor = _minor(info)
+    except MeshctlError as e:
+        facts.unreachable = str(e)
+        facts.requests = dict(k.counts)
+        return facts
+    k.deadline = kube.DEFAULT_DEADLINE  # reachable: now the normal retry budget
+    readers: list[Callable[[kube.Kube, Facts], None]] = [
+        _read_pods, _read_nodes, _read_permissions, _read_small]
+    with ThreadPoolExecutor(max_workers=len(readers),
+                            thread_name_prefix=f"preflight-{cluster.name}") as pool:
+        for fut in [pool.submit(reader, k, facts) for reader in readers]:
+            fut.result()
+    facts.requests = dict(k.counts)
+    return facts
+
+
+def _minor(info: dict[str, Any]) -> int | None:
+    """The minor version from /version: ``minor`` ("28+" on some clouds), else gitVersion.
+
+    A development build says ``v0.0.0-master``: that is "unknown", not "too old".
+    """
+    major, minor = str(info.get("major", "")), str(info.get("minor", "")).rstrip("+")
+    if major == "1" and minor.isdigit():
+        return int(minor)
+    parts = str(info.get("gitVersion", "")).lstrip("v").split(".")
+    if len(parts) > 1 and parts[0] == "1" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def _guard(facts: Facts, attr: str, fn: Callable[[], None]) -> None:
+    """Run one read; a failure becomes ``facts.<attr>`` instead of an exception."""
+    try:
+        fn()
+    except MeshctlError as e:
+        setattr(facts, attr, str(e))
+
+
+def _read_nodes(k: kube.Kube, facts: Facts) -> None:
+    def read() -> None:
+        nodes: dict[str, cap.Node] = {}
+        for page in k.pages("/api/v1/nodes", what="list nodes"):
+            for item in page.get("items") or ():
+                node = cap.node_from(item)
+                nodes[node.name] = node
+        facts.nodes = nodes
+    _guard(facts, "nodes_error", read)
+
+
+def _read_pods(k: kube.Kube, facts: Facts) -> None:
+    wanted = set(facts.cluster.inject_namespaces)
+
+    def read() -> None:
+        used: dict[str, list[int]] = {}
+        inject: dict[str, int] = dict.fromkeys(wanted, 0)
+        istiod: list[IstiodPod] = []
+        for page in k.pages("/api/v1/pods", what="list pods"):
+            for pod in page.get("items") or ():
+                _fold_pod(pod, used, inject, istiod)
+        facts.inject_pods, facts.istiod, facts.pods_used = inject, istiod, used
+    _guard(facts, "pods_error", read)
+
+
+def _fold_pod(pod: dict[str, Any], used: dict[str, list[int]], inject: dict[str, int],
+              istiod: list[IstiodPod]) -> None:
+    """Add one pod to the running sums; the pod itself is not kept."""
+    if not cap.is_active(pod):
+        return
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    ns = meta.get("namespace", "")
+    if ns in inject:
+        inject[ns] += 1
+    node = (pod.get("spec") or {}).get("nodeName")
+    if node:
+        cpu, mem = cap.pod_requests(pod)
+        sums = used.get(node)
+        if sums is None:
+            used[node] = [cpu, mem, 1]
+        else:
+            sums[0] += cpu
+            sums[1] += mem
+            sums[2] += 1
+    labels = meta.get("labels") or {}
+    if ns == ISTIO_NS and labels.get("app") == "istiod":
+        istiod.append(_istiod_pod(pod, labels))
+
+
+def _istiod_pod(pod: dict[str, Any], labels: dict[str, str]) -> IstiodPod:
+    image = ""
+    for c in (pod.get("spec") or {}).get("containers") or ():
+        if c.get("name") == "discovery" or not image:
+            image = c.get("image", "")
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "unknown"
+    return IstiodPod(version=tag, revision=labels.get("istio.io/rev", "default"))
+
+
+def _read_small(k: kube.Kube, facts: Facts) -> None:
+    """Namespaces, the cacerts Secret and (where needed) LoadBalancer history."""
+    wanted = {*facts.cluster.inject_namespaces, ISTIO_NS}
+
+    def namespaces() -> None:
+        found: dict[str, dict[str, str]] = {}
+        for item in k.items("/api/v1/namespaces", what="list namespaces"):
+            meta = item.get("metadata") or {}
+            if meta.get("name") in wanted:
+                found[meta["name"]] = dict(meta.get("labels") or {})
+        facts.namespaces = found
+
+    def secret() -> None:
+        live = k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
+        facts.cacerts_present = live is not None
+        facts.cacerts = cacerts.from_secret(facts.cluster.name, live) if live else None
+
+    def services() -> None:
+        facts.lb_has_address = any(
+            (svc.get("spec") or {}).get("type") == "LoadBalancer"
+            and ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            for svc in k.items("/api/v1/services", what="list services"))
+
+    _guard(facts, "namespaces_error", namespaces)
+    _guard(facts, "cacerts_error", secret)
+    if facts.footprint.east_west_gateway and not facts.cluster.east_west_address:
+        _guard(facts, "services_error", services)
+
+
+def allowed(k: kube.Kube, perm: Permission) -> bool:
+    """One SelfSubjectAccessReview: may the kubeconfig's user do ``perm``?"""
+    attrs: dict[str, str] = {"verb": perm.verb, "group": perm.group,
+                             "resource": perm.resource}
+    if perm.namespace:
+        attrs["namespace"] = perm.namespace
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs}}
+    review = k.request("POST", SSAR_PATH, body=body, what=f"access review: {perm}")
+    return bool((review.get("status") or {}).get("allowed"))
+
+
+def _read_permissions(k: kube.Kube, facts: Facts) -> None:
+    def read() -> None:
+        if allowed(k, EVERYTHING):
+            facts.admin = True
+            return
+        wanted = [*PERMISSIONS, *([GATEWAY_PERMISSION] if facts.footprint.istio_gateways
+                                  else [])]
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(lambda p: allowed(k, p), wanted))
+        facts.missing = [p for p, ok in zip(wanted, answers, strict=True) if not ok]
+    _guard(facts, "permissions_error", read)
+
+
+def merged_nodes(facts: Facts) -> list[cap.Node]:
+    """Nodes with the requests of their pods subtracted (pods and nodes read apart)."""
+    used = facts.pods_used
+    out = []
+    for node in facts.nodes.values():
+        sums = used.get(node.name)
+        if sums:
+            node.used_cpu, node.used_memory, node.used_pods = sums
+        out.append(node)
+    return out
