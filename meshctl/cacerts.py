@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from meshctl import certs, files, kube, manifests, pki
-from meshctl.errors import CheckFailed
+from meshctl.errors import CheckFailed, UsageError
 
 NAMESPACE = "istio-system"
 PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/cacerts"
@@ -76,6 +76,9 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
     Raises :class:`CheckFailed` (exit 1) naming what differs when the cluster holds
     another CA and ``force`` is not given.
     """
+    if any(pki.same_public_key(root, bundle.ca_key) for root in bundle.roots):
+        # the one key that must never reach a cluster; cheap to make impossible
+        raise UsageError(f"{k.cluster}: refusing to push {WHAT}: its ca-key.pem is a root's key")
     wanted = yaml.safe_load(manifests.cacerts_secret(bundle))
     live = k.get(PATH, what=f"read {WHAT}")
     if live is None:

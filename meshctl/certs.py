@@ -13,6 +13,8 @@ that touch disk say so in their names (``write_*``, ``load_*``, ``init_root``).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,8 @@ CA_KEY = "ca-key.pem"
 CERT_CHAIN = "cert-chain.pem"
 CACERTS_FILES = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
 ISTIOD_SAN = "istiod.istio-system.svc"
+BACKUPS = "backups"  # <ca.dir>/backups/: local and in-cluster CA material before replacing it
+NEXT_ROOT = "next-root"  # <ca.dir>/next-root/: the new root while a root rotation runs
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,30 @@ def chain_problem(bundle: Bundle, root: x509.Certificate) -> str | None:
     return validity_problem(bundle.ca_cert)
 
 
+def chain_problem_to(chain: Sequence[x509.Certificate],
+                     trusted: Iterable[x509.Certificate]) -> str | None:
+    """Why ``chain`` (``cert-chain.pem``: intermediate first) does not lead up to a
+    ``trusted`` root, or ``None`` if it does.
+
+    Signatures only, link by link: a chain that merely names the right issuer but was
+    signed by another key is refused.  Validity dates are checked separately
+    (:func:`validity_problem`) so a caller can tell "expired" from "wrong root".
+    """
+    if not chain:
+        return "cert-chain.pem holds no certificate"
+    for child, parent in itertools.pairwise(chain):
+        if not issued_by(child, parent):
+            return "cert-chain.pem is not a chain (a certificate is not signed by the next)"
+    top = chain[-1]
+    roots = list(trusted)
+    if any(top == root or issued_by(top, root) for root in roots):
+        return None
+    if not roots:
+        return "no local root to verify against"
+    return (f"cert-chain.pem leads to {pki.fingerprint(top)[:23]}…, not to the local root "
+            f"{', '.join(pki.fingerprint(r)[:23] + '…' for r in roots)}")
+
+
 # --- disk --------------------------------------------------------------------------
 
 
@@ -216,6 +244,21 @@ def cluster_dir(settings: CASettings, cluster: str) -> Path:
     return settings.dir / cluster
 
 
+def backups_dir(settings: CASettings) -> Path:
+    """Where copies of replaced CA material go: never deleted by meshctl."""
+    return settings.dir / BACKUPS
+
+
+def replace_bundle(settings: CASettings, bundle: Bundle) -> dict[str, Path]:
+    """Write ``bundle`` as the cluster's local files, first copying any existing ones
+    to ``<ca.dir>/backups/<cluster>.backup-<time>/`` (CA material is never dropped)."""
+    directory = cluster_dir(settings, bundle.cluster)
+    if (directory / CA_CERT).exists():
+        backups_dir(settings).mkdir(parents=True, exist_ok=True, mode=0o700)
+        files.backup_dir(directory, into=backups_dir(settings))
+    return write_bundle(directory, bundle)
+
+
 def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Path]:
     """Write the four files; ``ca-key.pem`` 0600, the rest 0644; each atomically."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -250,10 +293,17 @@ def load_bundle(directory: Path, cluster: str) -> Bundle | None:
 def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tuple[Bundle, bool]:
     """The cluster's intermediate from disk if it is sound, else a new one written to disk.
 
+    Refused while a root rotation is in progress.
     Returns ``(bundle, created)``.  Re-running never re-issues a good intermediate,
     so bootstrap stays idempotent and pushed ``cacerts`` stay stable; an unsound one
     (expired, or under another root) is backed up beside it before it is replaced.
     """
+    if (settings.dir / NEXT_ROOT).is_dir():
+        # mid root rotation the intermediates may be under the new root: "repairing"
+        # them under the old one would undo the rotation (meshctl.rotation owns them now)
+        raise UsageError(f"a root rotation is in progress in {settings.dir}; intermediates "
+                         "are not (re)issued until it is finished",
+                         hint="certs.status shows the next certs.rotate --root --step")
     directory = cluster_dir(settings, cluster)
     existing = load_bundle(directory, cluster)
     if existing is not None:

@@ -74,3 +74,38 @@ def preflight_summary(document: dict[str, Any]) -> list[str]:
     lines.append(f"preflight: {len(document['clusters'])} cluster(s), {s['PASS']} passed, "
                  f"{s['WARN']} warnings, {s['FAIL']} failed: {verdict}")
     return lines
+
+
+# --- certs.status (issue 6) ------------------------------------------------------------
+
+LEVEL_STYLE = {"PASS": "[green]✅ PASS[/]", "WARN": "[yellow]⚠️  WARN[/]", "FAIL": "[red]❌ FAIL[/]"}
+
+
+def certs_status_table(status: Any) -> Table:
+    """``certs.status``: one row per cluster (a ``cert_status.CertsStatus``)."""
+    title = f"cacerts per cluster ({status.level})"
+    if status.rotation is not None and not status.rotation.finished:
+        title += f", root rotation: step {status.rotation.done} of 3 done"
+    table = Table(title=title)
+    for col in ("cluster", "level", "intermediate", "serial", "not after", "days left",
+                "roots (root-cert.pem)", "chain→local root", "= local", "checks"):
+        table.add_column(col, overflow="fold")
+    for c in status.clusters:
+        inter = c.intermediate
+        table.add_row(
+            c.name, LEVEL_STYLE[c.level], inter.subject if inter else "-",
+            inter.serial[:16] if inter else "-",
+            f"{inter.not_after:%Y-%m-%d}" if inter else "-",
+            f"{inter.days_left:.0f}" if inter else "-",
+            "\n".join(fp[:23] + "…" for fp in c.roots) or "-",
+            "yes" if c.chain_verifies else "no", "yes" if c.matches_local else "no",
+            "\n".join(f"{ch.level}: {ch.message}" for ch in c.checks
+                      if ch.level != "PASS") or "ok")
+    return table
+
+
+def print_certs_status(status: Any) -> None:
+    """The table, then the mesh-wide lines (✅/⚠️/❌) with any hint."""
+    out.print(certs_status_table(status))
+    for check in status.checks:
+        out.print(f"{LEVEL_STYLE[check.level]} {check.message}", highlight=False)

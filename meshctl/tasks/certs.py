@@ -1,12 +1,14 @@
-"""certs.*: the mesh's root CA and per-cluster intermediates."""
+"""certs.*: the mesh's root CA, per-cluster intermediates, their status and rotation."""
 
 from __future__ import annotations
 
 from invoke import task
+from invoke.exceptions import Exit
 
-from meshctl import certs, config, pki, report
+from meshctl import cacerts, cert_status, certs, config, kube, pki, report, rotation
+from meshctl.errors import UsageError
 from meshctl.tasks import _common
-from meshctl.tasks._common import guard, not_yet
+from meshctl.tasks._common import guard
 
 CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or ./clusters)"
 
@@ -17,6 +19,7 @@ CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or 
 def init(c, force=False, clusters_dir=None):
     """Create the mesh's root CA on this machine (ca.dir of mesh.yaml)."""
     cfg = config.load(_common.clusters_dir(clusters_dir))
+    rotation.refuse_if_rotating(cfg.mesh.ca, "certs.init")
     root, backup = certs.init_root(cfg.mesh.ca, force=force)
     if backup:
         report.err.print(f"backed up the previous CA folder to {backup}")
@@ -27,16 +30,16 @@ def init(c, force=False, clusters_dir=None):
 @task(iterable=["cluster"], help={
     "cluster": "cluster to issue for (repeatable; default: every cluster file)",
     "no-apply": "only write the files under ca.dir/<cluster>/, do not push cacerts",
+    "force": "replace a cacerts Secret holding another CA (saved to ca.dir/backups/ first)",
     "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def issue(c, cluster=None, no_apply=False, clusters_dir=None):
+def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
     """Issue a cluster's intermediate CA and push it as istio-system/cacerts."""
     cfg = config.load(_common.clusters_dir(clusters_dir))
     names = cluster or sorted(cfg.clusters)
     for name in names:
         cfg.cluster(name)
-    if not no_apply:
-        not_yet("certs.issue without --no-apply", 6)
+    rotation.refuse_if_rotating(cfg.mesh.ca, "certs.issue")
     root = certs.load_root(cfg.mesh.ca)
     for name in names:
         bundle, created = certs.ensure_intermediate(root, name, cfg.mesh.ca)
@@ -44,21 +47,75 @@ def issue(c, cluster=None, no_apply=False, clusters_dir=None):
         report.out.print(f"{name}: {verb} intermediate serial {bundle.ca_cert.serial_number:x}, "
                          f"valid until {bundle.ca_cert.not_valid_after_utc:%Y-%m-%d}, in "
                          f"{certs.cluster_dir(cfg.mesh.ca, name)}")
+        if not no_apply:
+            outcome = cacerts.apply(kube.client(cfg.clusters[name]), bundle, force=force,
+                                    backup_dir=certs.backups_dir(cfg.mesh.ca))
+            report.out.print(f"{name}: {cacerts.WHAT} {outcome}")
 
 
-@task(iterable=["cluster"], help={"cluster": "cluster to show (repeatable)",
-                                  "json": "print one JSON document",
+@task(iterable=["cluster"], help={"cluster": "cluster to show (repeatable; default: all)",
+                                  "json": "print one JSON document (schema in "
+                                          "meshctl/cert_status.py)",
                                   "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def status(c, cluster=None, json=False, clusters_dir=None):
-    """Chain, expiry and local-vs-cluster match of every cluster's cacerts."""
-    not_yet("certs.status", 6)
+    """Chain, expiry and local-vs-cluster match of every cluster's cacerts; exit 1 on FAIL."""
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    result = cert_status.collect(cfg, cluster or None)
+    if json:
+        report.print_json(result.to_json())
+    else:
+        report.print_certs_status(result)
+    if result.failed:
+        raise Exit(code=1)
 
 
-@task(help={"cluster": "cluster whose intermediate to replace",
-            "root": "staged root rotation over all clusters", "step": "root rotation step 1-3",
+@task(help={"cluster": "cluster whose intermediate to replace (same root)",
+            "root": "staged root rotation over all clusters (with --step)",
+            "step": "root rotation step: 1 trust old+new, 2 re-issue intermediates, "
+                    "3 drop the old root",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def rotate(c, cluster=None, root=False, step=0, clusters_dir=None):
     """New intermediate under the same root, or one step of a staged root rotation."""
-    not_yet("certs.rotate", 6)
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    if root:
+        if cluster:
+            raise UsageError("--root rotates every cluster of the mesh; drop --cluster")
+        if step not in rotation.STEPS:
+            raise UsageError("--root needs --step 1, 2 or 3 (one step at a time, "
+                             "certs.status between)")
+        result = rotation.run_step(cfg, step, progress=report.err.print)
+        _print_step(result)
+        return
+    if step:
+        raise UsageError("--step only goes with --root")
+    if not cluster:
+        raise UsageError("certs.rotate needs --cluster NAME (or --root --step N)")
+    cfg.cluster(cluster)
+    done = rotation.rotate_intermediate(cfg, cluster)
+    report.out.print(f"{done.cluster}: new intermediate serial {done.new_serial} (was "
+                     f"{done.old_serial or 'none'}), valid until {done.not_after:%Y-%m-%d}, "
+                     f"same root {done.root[:23]}…")
+    report.out.print(f"{done.cluster}: {cacerts.WHAT} {done.outcome}")
+    report.out.print(rotation.RELOAD_NOTE)
+
+
+def _print_step(result: rotation.StepResult) -> None:
+    what = rotation.STEPS[result.step]
+    if result.noop:
+        report.out.print(f"root rotation step {result.step} ({what}) already done on every "
+                         "cluster: nothing changed")
+    else:
+        report.out.print(f"root rotation step {result.step} done: {what}")
+    report.out.print(f"old root {result.old_root}\nnew root {result.new_root}", highlight=False)
+    for c in result.clusters:
+        report.out.print(f"  {c.cluster}: {c.detail}", highlight=False)
+    if result.archived:
+        report.out.print(f"old root archived in {result.archived}")
+    if result.next_step:
+        report.out.print(f"next, once certs.status is clean (and, after step 2, workload "
+                         f"certificates have renewed: their TTL, 24h by default): "
+                         f"certs.rotate --root --step {result.next_step}")
+    if result.step == 2 and not result.noop:
+        report.out.print(rotation.RELOAD_NOTE)
