@@ -301,6 +301,9 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
     if missing := missing_binaries(bins, RUNTIME):
         raise UsageError(f"sandbox binaries missing in {bins}: {', '.join(missing)}",
                          hint="run 'meshctl sandbox.build' (or set MESHCTL_SANDBOX_BIN)")
+    if not STAGES.is_file():
+        raise UsageError(f"kwok stages not found at {STAGES}",
+                         hint="run meshctl from a source checkout")
     _claim(state)
     try:
         plans = [cluster.plan(state, i, shape) for i, shape in enumerate(wanted, start=1)]

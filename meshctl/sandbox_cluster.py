@@ -14,6 +14,7 @@ component and its log when anything does not come up.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -180,7 +181,6 @@ class KubeContext:
 
 def kubeconfig(contexts: Sequence[KubeContext], current: str) -> dict[str, Any]:
     """A kubeconfig with certificates embedded, so the file works wherever it is copied."""
-    import base64
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()

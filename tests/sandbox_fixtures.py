@@ -174,19 +174,38 @@ def _wait_default_sa(core: k8s.CoreV1Api, namespace: str, timeout: float = 60.0)
         time.sleep(0.1)
 
 
+NamespaceFactory = Callable[[SandboxHandle], str]
+
+
 @pytest.fixture
-def namespace(sandbox: SandboxHandle, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace, same name on every cluster of ``sandbox``, deleted afterwards."""
+def namespace_factory(request: pytest.FixtureRequest) -> Iterator[NamespaceFactory]:
+    """``namespace_factory(handle)``: a fresh namespace on every cluster of ``handle``.
+
+    The same name on each cluster (as a multi-cluster test wants); all deleted after
+    the test.  Waits for the namespace's default ServiceAccount so pods are accepted.
+    """
+    made: list[tuple[Cluster, str]] = []
     base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:40]
-    name = f"t-{base.strip('-')}-{uuid.uuid4().hex[:6]}"
-    for cl in sandbox.clusters:
-        cl.core().create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    for cl in sandbox.clusters:
-        _wait_default_sa(cl.core(), name)
-    yield name
-    for cl in sandbox.clusters:
+
+    def make(handle: SandboxHandle) -> str:
+        name = f"t-{base.strip('-')}-{uuid.uuid4().hex[:6]}"
+        for cl in handle.clusters:
+            cl.core().create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+            made.append((cl, name))
+        for cl in handle.clusters:
+            _wait_default_sa(cl.core(), name)
+        return name
+
+    yield make
+    for cl, name in made:
         try:
             cl.core().delete_namespace(name)
         except k8s.ApiException as e:
             if e.status != 404:
                 raise
+
+
+@pytest.fixture
+def namespace(sandbox: SandboxHandle, namespace_factory: NamespaceFactory) -> str:
+    """A fresh namespace, same name on every cluster of ``sandbox``, deleted afterwards."""
+    return namespace_factory(sandbox)

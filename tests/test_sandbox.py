@@ -319,6 +319,9 @@ def test_failed_up_names_the_component_and_leaves_no_process(sandbox_bin: Path,
     pids = sandbox_procs.read_pids(state)
     assert not [p for p in pids.values() if sandbox_procs.alive(p)]
     assert sorted(p.name for p in state.iterdir()) == [".meshctl-sandbox", "logs"]
+    # What a failed up leaves is stale, not "already up": the next up starts afresh.
+    sb = sbx.up(state, clusters=1, nodes=1, cpu="1", memory="1Gi", binaries=sandbox_bin)
+    assert sbx.status(state).up and sb.clusters[0].name == "cluster1"
     sbx.down(state)
     assert not state.exists()
 
