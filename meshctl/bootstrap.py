@@ -12,14 +12,19 @@ secret's token) appear as named placeholders, never as made-up values.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from meshctl import certs, files, manifests, pki
+from meshctl import cacerts, certs, files, install, istio, kube, manifests, pki, remote_secret
 from meshctl.config import Config
-from meshctl.errors import UsageError
+from meshctl.errors import CheckFailed, UsageError
+from meshctl.kube import Kube
 from meshctl.topology import Plan, east_west_placeholder
+
+T = TypeVar("T")
 
 PLAN_FILE = "plan.json"
 TOKEN_PLACEHOLDER = "<service-account-token:{source}>"
@@ -61,38 +66,29 @@ def steps(config: Config, plan: Plan) -> list[Step]:
                         files=(f"{c.name}/cacerts.yaml",)))
     primaries = [c for c in plan.clusters if c.istio_role == "primary"]
     remotes = [c for c in plan.clusters if c.istio_role == "remote"]
-    for c in primaries:
-        out.append(Step(c.name, "istioctl install", (f"IstioOperator meshctl-{c.name}",
-                                                     _istiod(config)), live=True,
-                        files=(f"{c.name}/istio-operator.yaml",)))
-    for c in plan.clusters:
-        if c.east_west_gateway and c.istio_role == "primary":
-            out.append(Step(c.name, "istioctl install",
-                            ("Deployment istio-system/istio-eastwestgateway",
-                             "Service istio-system/istio-eastwestgateway"), live=True,
-                            files=(f"{c.name}/eastwest-gateway.yaml",)))
-            out.append(Step(c.name, "wait for east-west address", (), live=True,
-                            note=f"fills {east_west_placeholder(c.name)}"))
-        if c.expose_istiod:
-            out.append(Step(c.name, "apply", ("Gateway istio-system/istiod-gateway",
-                                              "VirtualService istio-system/istiod-vs"),
-                            live=True, files=(f"{c.name}/expose-istiod.yaml",)))
-    for c in remotes:
+    for c in primaries + remotes:  # the live flow's order: primaries, then remote-role
         needs = (east_west_placeholder(c.control_plane),) if c.control_plane else ()
-        out.append(Step(c.name, "istioctl install", (f"IstioOperator meshctl-{c.name} "
-                                                     "(profile remote)",), live=True,
+        profile = " (profile remote)" if c.control_plane else ""
+        objects = (f"IstioOperator meshctl-{c.name}{profile}",)
+        if c.istio_role == "primary":
+            objects += (_istiod(config),)
+        out.append(Step(c.name, "istioctl install", objects, live=True,
                         files=(f"{c.name}/istio-operator.yaml",), needs=needs))
         if c.east_west_gateway:
             out.append(Step(c.name, "istioctl install",
                             ("Deployment istio-system/istio-eastwestgateway",
                              "Service istio-system/istio-eastwestgateway"), live=True,
                             files=(f"{c.name}/eastwest-gateway.yaml",), needs=needs))
-            out.append(Step(c.name, "wait for east-west address", (), live=True,
-                            note=f"fills {east_west_placeholder(c.name)}"))
-    for c in plan.clusters:
+        if c.expose_istiod:
+            out.append(Step(c.name, "apply", ("Gateway istio-system/istiod-gateway",
+                                              "VirtualService istio-system/istiod-vs"),
+                            live=True, files=(f"{c.name}/expose-istiod.yaml",)))
         if c.expose_services:
             out.append(Step(c.name, "apply", ("Gateway istio-system/cross-network-gateway",),
                             live=True, files=(f"{c.name}/expose-services.yaml",)))
+        if c.east_west_gateway:
+            out.append(Step(c.name, "wait for east-west address", (), live=True,
+                            note=f"fills {east_west_placeholder(c.name)}"))
     for link in plan.links:
         out.append(Step(link.target, "link",
                         (f"Secret istio-system/istio-remote-secret-{link.source}",),
@@ -194,3 +190,103 @@ def plan_document(config: Config, plan: Plan, result: DryRun) -> dict[str, Any]:
         "placeholders": placeholders,
         "steps": [dict(asdict(s), order=i + 1) for i, s in enumerate(result.steps)],
     }
+
+
+# --- the live run ----------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a live run did; ``mutations`` counts writes the API servers saw from us."""
+
+    clusters: dict[str, Kube]
+    changes: list[str] = field(default_factory=list)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mutations(self) -> int:
+        return sum(k.mutations for k in self.clusters.values())
+
+
+def _each(names: list[str], fn: Callable[[str], T]) -> dict[str, T]:
+    """Run ``fn`` for every cluster concurrently; the first error is raised after all end."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        futures = {name: pool.submit(fn, name) for name in names}
+    results, errors = {}, []
+    for name, fut in futures.items():
+        try:
+            results[name] = fut.result()
+        except Exception as e:  # collected; re-raised below with the others' work done
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def run(config: Config, plan: Plan, *, skip_preflight: bool = False,
+        progress: install.Progress = install._quiet) -> Outcome:
+    """The whole flow against live clusters, idempotently (module docstring).
+
+    Facts first: every client, istioctl and preflight before the first write.
+    """
+
+    names = list(plan.names)
+    clusters = {n: kube.client(config.clusters[n]) for n in names}
+    ctl = istio.find()
+    outcome = Outcome(clusters=clusters)
+
+    if skip_preflight:
+        progress("*", "preflight skipped (--skip-preflight)")
+    else:
+        from meshctl import preflight  # imported late: it is large and only needed here
+
+        reports = preflight.run(config, names, plan=plan, istioctl=ctl)
+        if preflight.failed(reports):
+            raise CheckFailed(preflight.summary(reports),
+                              hint="run 'invoke preflight' for the details")
+
+    if certs.root_exists(config.mesh.ca):
+        root = certs.load_root(config.mesh.ca)
+    else:
+        root, _ = certs.init_root(config.mesh.ca)
+        progress("*", f"root CA created in {config.mesh.ca.dir}")
+    bundles = {n: certs.ensure_intermediate(root, n, config.mesh.ca)[0] for n in names}
+
+    def prepare(name: str) -> None:
+        k = clusters[name]
+        for change in install.apply_manifest(k, manifests.namespace(plan.get(name))):
+            outcome.changes.append(f"{name}: {change}")
+        result = cacerts.apply(k, bundles[name], backup_dir=config.mesh.ca.dir / "backups")
+        if result != "unchanged":
+            outcome.changes.append(f"{name}: cacerts {result}")
+            progress(name, f"cacerts {result}")
+
+    _each(names, prepare)
+
+    def install_one(name: str) -> str | None:
+        cp = plan.get(name)
+        main_address = outcome.addresses.get(cp.control_plane) if cp.control_plane else None
+        return install.install_cluster(clusters[name], ctl, config, plan, cp,
+                                       main_address=main_address, progress=progress)
+
+    primaries = [c.name for c in plan.clusters if c.istio_role == "primary"]
+    remotes = [c.name for c in plan.clusters if c.istio_role == "remote"]
+    for batch in (primaries, remotes):
+        for name, address in _each(batch, install_one).items():
+            if address:
+                outcome.addresses[name] = address
+
+    def link(index: int) -> None:
+        lk = plan.links[index]
+        source = config.clusters[lk.source]
+        server = remote_secret.server_for(source, clusters[lk.source].server)
+        secret = remote_secret.create(ctl, source, server)
+        result = remote_secret.apply(clusters[lk.target], secret)
+        if result != "unchanged":
+            outcome.changes.append(f"{lk.target}: remote secret for {lk.source} {result}")
+            progress(lk.target, f"remote secret for {lk.source} {result}")
+
+    _each(list(range(len(plan.links))), link)  # type: ignore[arg-type]
+    return outcome

@@ -106,6 +106,11 @@ def cacerts_secret(bundle: certs.Bundle) -> str:
                   intermediate_serial=f"{bundle.ca_cert.serial_number:x}")
 
 
+def install_record(record: Mapping[str, str]) -> str:
+    """The ``istio-system/meshctl-install`` ConfigMap: hashes of what was installed."""
+    return render("install-record.yaml.j2", record=record)
+
+
 def for_cluster(config: Config, plan: Plan, cluster: ClusterPlan, *,
                 main_address: str | None = None) -> dict[str, str]:
     """Every manifest (but ``cacerts``) the plan puts on ``cluster``, by file name, in order."""

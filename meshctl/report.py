@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -36,6 +37,62 @@ def plan_table(document: dict[str, Any]) -> Table:
         table.add_row(str(step["order"]), step["cluster"] or "(local)", step["action"],
                       objects, "yes" if step["live"] else "no")
     return table
+
+
+def progress(cluster: str, message: str) -> None:
+    """One progress line on stderr, so stdout stays a clean table or JSON."""
+    err.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {cluster}: {message}", highlight=False)
+
+
+def status_table(rows: list[Any]) -> Table:
+    """``status`` and the end of ``bootstrap``: one row per cluster."""
+    table = Table(title="mesh status")
+    for col in ("cluster", "role", "network", "istio", "links", "east-west", "cert days"):
+        table.add_column(col)
+    for r in rows:
+        if not r.reachable:
+            table.add_row(r.name, r.role, r.network, f"[red]unreachable: {r.error}[/red]",
+                          "", "", "")
+            continue
+        days = "-" if r.cert_days_left is None else f"{r.cert_days_left:.0f}"
+        table.add_row(r.name, r.role, r.network, r.istio_version or "-",
+                      ", ".join(r.links) or "-", r.east_west_address or "-", days)
+    return table
+
+
+# --- certs.status (issue 6) ------------------------------------------------------------
+
+LEVEL_STYLE = {"PASS": "[green]✅ PASS[/]", "WARN": "[yellow]⚠️  WARN[/]", "FAIL": "[red]❌ FAIL[/]"}
+
+
+def certs_status_table(status: Any) -> Table:
+    """``certs.status``: one row per cluster (a ``cert_status.CertsStatus``)."""
+    title = f"cacerts per cluster ({status.level})"
+    if status.rotation is not None and not status.rotation.finished:
+        title += f", root rotation: step {status.rotation.done} of 3 done"
+    table = Table(title=title)
+    for col in ("cluster", "level", "intermediate", "serial", "not after", "days left",
+                "roots (root-cert.pem)", "chain→local root", "= local", "checks"):
+        table.add_column(col, overflow="fold")
+    for c in status.clusters:
+        inter = c.intermediate
+        table.add_row(
+            c.name, LEVEL_STYLE[c.level], inter.subject if inter else "-",
+            inter.serial[:16] if inter else "-",
+            f"{inter.not_after:%Y-%m-%d}" if inter else "-",
+            f"{inter.days_left:.0f}" if inter else "-",
+            "\n".join(fp[:23] + "…" for fp in c.roots) or "-",
+            "yes" if c.chain_verifies else "no", "yes" if c.matches_local else "no",
+            "\n".join(f"{ch.level}: {ch.message}" for ch in c.checks
+                      if ch.level != "PASS") or "ok")
+    return table
+
+
+def print_certs_status(status: Any) -> None:
+    """The table, then the mesh-wide lines (✅/⚠️/❌) with any hint."""
+    out.print(certs_status_table(status))
+    for check in status.checks:
+        out.print(f"{LEVEL_STYLE[check.level]} {check.message}", highlight=False)
 
 
 # --- preflight -------------------------------------------------------------------------
@@ -74,38 +131,3 @@ def preflight_summary(document: dict[str, Any]) -> list[str]:
     lines.append(f"preflight: {len(document['clusters'])} cluster(s), {s['PASS']} passed, "
                  f"{s['WARN']} warnings, {s['FAIL']} failed: {verdict}")
     return lines
-
-
-# --- certs.status (issue 6) ------------------------------------------------------------
-
-LEVEL_STYLE = {"PASS": "[green]✅ PASS[/]", "WARN": "[yellow]⚠️  WARN[/]", "FAIL": "[red]❌ FAIL[/]"}
-
-
-def certs_status_table(status: Any) -> Table:
-    """``certs.status``: one row per cluster (a ``cert_status.CertsStatus``)."""
-    title = f"cacerts per cluster ({status.level})"
-    if status.rotation is not None and not status.rotation.finished:
-        title += f", root rotation: step {status.rotation.done} of 3 done"
-    table = Table(title=title)
-    for col in ("cluster", "level", "intermediate", "serial", "not after", "days left",
-                "roots (root-cert.pem)", "chain→local root", "= local", "checks"):
-        table.add_column(col, overflow="fold")
-    for c in status.clusters:
-        inter = c.intermediate
-        table.add_row(
-            c.name, LEVEL_STYLE[c.level], inter.subject if inter else "-",
-            inter.serial[:16] if inter else "-",
-            f"{inter.not_after:%Y-%m-%d}" if inter else "-",
-            f"{inter.days_left:.0f}" if inter else "-",
-            "\n".join(fp[:23] + "…" for fp in c.roots) or "-",
-            "yes" if c.chain_verifies else "no", "yes" if c.matches_local else "no",
-            "\n".join(f"{ch.level}: {ch.message}" for ch in c.checks
-                      if ch.level != "PASS") or "ok")
-    return table
-
-
-def print_certs_status(status: Any) -> None:
-    """The table, then the mesh-wide lines (✅/⚠️/❌) with any hint."""
-    out.print(certs_status_table(status))
-    for check in status.checks:
-        out.print(f"{LEVEL_STYLE[check.level]} {check.message}", highlight=False)

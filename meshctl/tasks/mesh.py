@@ -8,6 +8,7 @@ from invoke import task
 
 from meshctl import bootstrap as flow
 from meshctl import config, report, topology
+from meshctl import status as status_mod
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard, not_yet
 
@@ -76,9 +77,22 @@ def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_prefligh
     """Join clusters into one mesh: preflight, certs, install, gateways, links (idempotent)."""
     cfg = config.load(_common.clusters_dir(clusters_dir))
     plan = topology.plan(cfg, main or "", remote or [])
-    if not dry_run:
-        not_yet("bootstrap without --dry-run", 7)
-    result = flow.dry_run(cfg, plan, Path(out))
+    if dry_run:
+        _dry_run(cfg, plan, Path(out))
+        return
+    if skip_preflight:
+        report.err.print("warning: --skip-preflight: the clusters were not checked first")
+    outcome = flow.run(cfg, plan, skip_preflight=skip_preflight, progress=report.progress)
+    if outcome.mutations == 0:
+        report.out.print("nothing to do: every cluster already matches the plan")
+    else:
+        report.out.print(f"done: {len(outcome.changes)} changes, "
+                         f"{outcome.mutations} write requests")
+    report.out.print(report.status_table(status_mod.collect(cfg, plan.names)))
+
+
+def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
+    result = flow.dry_run(cfg, plan, out)
     document = flow.plan_document(cfg, plan, result)
     report.out.print(report.plan_table(document))
     ca_dir = cfg.mesh.ca.dir

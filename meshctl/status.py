@@ -1,0 +1,71 @@
+"""The mesh as it is now, read from the live clusters: one row per cluster.
+
+Data first (``ClusterStatus``), rendering in ``report``.  Read-only: only GETs and
+LISTs, and one unreachable cluster is a row that says so, not a failed command.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from meshctl import cacerts, certs, install, kube, remote_secret
+from meshctl.config import Config
+from meshctl.errors import MeshctlError
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    name: str
+    role: str
+    network: str
+    reachable: bool
+    istio_version: str | None = None  # istiod's image tag; None: no istiod
+    links: tuple[str, ...] = field(default=())  # clusters whose remote secret it holds
+    cert_days_left: float | None = None
+    east_west_address: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _istio_version(k: kube.Kube, config: Config) -> str | None:
+    name = install.istiod_name(config)
+    dep = k.get(f"/apis/apps/v1/namespaces/istio-system/deployments/{name}",
+                what=f"read Deployment istio-system/{name}")
+    if not dep:
+        return None
+    containers = dep["spec"]["template"]["spec"].get("containers") or [{}]
+    image = containers[0].get("image", "")
+    return image.rsplit(":", 1)[-1] if ":" in image else image or "unknown"
+
+
+def _links(k: kube.Kube) -> tuple[str, ...]:
+    selector = {"labelSelector": f"{remote_secret.LABEL}=true"}
+    found = []
+    for s in k.items("/api/v1/namespaces/istio-system/secrets", query=selector):
+        source = (s["metadata"].get("annotations") or {}).get(remote_secret.ANNOTATION)
+        found.append(source or s["metadata"]["name"])
+    return tuple(sorted(found))
+
+
+def one(config: Config, name: str) -> ClusterStatus:
+    cluster = config.clusters[name]
+    base = {"name": name, "role": cluster.role, "network": cluster.network}
+    try:
+        k = kube.client(cluster, deadline=15)
+        bundle = cacerts.read(k)
+        return ClusterStatus(
+            **base, reachable=True, istio_version=_istio_version(k, config), links=_links(k),
+            cert_days_left=round(certs.days_left(bundle.ca_cert), 1) if bundle else None,
+            east_west_address=install.east_west_address(k, cluster))
+    except MeshctlError as e:
+        return ClusterStatus(**base, reachable=False, error=e.message)
+
+
+def collect(config: Config, names: list[str] | tuple[str, ...]) -> list[ClusterStatus]:
+    """Status of every named cluster, read concurrently."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        return list(pool.map(lambda n: one(config, n), names))
