@@ -221,6 +221,7 @@ class SandboxCluster:
     kubeconfig: Path
     cluster_file: Path
     shape: Shape
+    ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
 
@@ -313,6 +314,7 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
         sandbox = _write_outputs(state, bins, plans, creds)
         lb_pid = _start_lb(state, plans)
         sandbox = replace(sandbox, lb_pid=lb_pid)
+        # The record for status/down/load; pid files stay the truth for stopping.
         files.write_atomic(state / STATE_FILE, json.dumps(_to_json(sandbox), indent=2))
         return load(state)
     except BaseException:
@@ -387,8 +389,10 @@ def _write_outputs(state: Path, bins: Path, plans: list[cluster.ClusterPlan],
     for p in plans:
         path = clusters_dir / f"{p.name}.yaml"
         files.write_atomic(path, yaml.safe_dump(cluster_file(p, kubeconfig), sort_keys=False))
+        ports = {"etcd": p.etcd_port, "etcd-peer": p.peer_port, "kube-apiserver": p.api_port}
         out.append(SandboxCluster(name=p.name, context=p.name, server=p.server, ip=p.ip,
-                                  kubeconfig=kubeconfig, cluster_file=path, shape=p.shape))
+                                  kubeconfig=kubeconfig, cluster_file=path, shape=p.shape,
+                                  ports=ports, pids=_cluster_pids(state, p.name)))
     files.write_atomic(clusters_dir / "mesh.yaml",
                        yaml.safe_dump(mesh_file(state), sort_keys=False))
     return Sandbox(state_dir=state, bin_dir=bins, kubeconfig=kubeconfig,
@@ -452,17 +456,21 @@ def load(state_dir: Path | str | None = None) -> Sandbox:
         raw = json.loads((state / STATE_FILE).read_text())
     except FileNotFoundError:
         raise UsageError(f"no sandbox in {state}", hint="'meshctl sandbox.up' starts one") from None
-    pids = procs.read_pids(state)
     clusters = tuple(
         SandboxCluster(name=c["name"], context=c["context"], server=c["server"], ip=c["ip"],
                        kubeconfig=Path(c["kubeconfig"]), cluster_file=Path(c["cluster_file"]),
-                       shape=Shape(**c["shape"]),
-                       pids={k.split("-", 1)[1]: v for k, v in pids.items()
-                             if k.startswith(c["name"] + "-")})
+                       shape=Shape(**c["shape"]), ports=c.get("ports", {}),
+                       pids=_cluster_pids(state, c["name"]))
         for c in raw["clusters"])
     return Sandbox(state_dir=state, bin_dir=Path(raw["bin_dir"]),
                    kubeconfig=Path(raw["kubeconfig"]), clusters_dir=Path(raw["clusters_dir"]),
-                   clusters=clusters, lb_pid=pids.get("sandbox-lb"))
+                   clusters=clusters, lb_pid=procs.read_pids(state).get("sandbox-lb"))
+
+
+def _cluster_pids(state: Path, name: str) -> dict[str, int]:
+    """``{component: pid}`` of one cluster, from its pid files."""
+    return {k.split("-", 1)[1]: v for k, v in procs.read_pids(state).items()
+            if k.startswith(name + "-")}
 
 
 @dataclass(frozen=True)
@@ -558,5 +566,6 @@ def status(state_dir: Path | str | None = None) -> SandboxStatus:
     sb = load(state)
     clusters = tuple(_cluster_status(state, c) for c in sb.clusters)
     lb = _process_status("lb", sb.lb_pid, state) if sb.lb_pid else None
-    is_up = all(c.api_healthy and all(p.alive for p in c.processes) for c in clusters)
+    is_up = (lb is not None and lb.alive
+             and all(c.api_healthy and all(p.alive for p in c.processes) for c in clusters))
     return SandboxStatus(state, is_up, sb.kubeconfig, sb.clusters_dir, clusters, lb)
