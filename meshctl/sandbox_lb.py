@@ -7,6 +7,9 @@ wait forever.  Like k3s' ServiceLB, this gives every ``type: LoadBalancer`` Serv
 without a ``loadBalancerClass`` the cluster's node address (its 127.0.0.x), which is
 all the sandbox can honestly offer: the address is real, but no packet is forwarded.
 
+The same process runs the admission-webhook stand-in (``sandbox_webhooks``): what
+istiod's webhook server would answer if a container could run.
+
 Runs as its own small process (``python -m meshctl.sandbox_lb STATE CLUSTER=URL ...``),
 started by ``sandbox.up`` with a pid file like every other component, one watch thread
 per cluster.  It exits by itself when the state folder disappears.
@@ -21,6 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from meshctl import sandbox_webhooks
 from meshctl.sandbox_api import Api, ApiError
 
 READY_FILE = "lb.ready"
@@ -78,6 +82,7 @@ def run_cluster(state_dir: Path, name: str, api: Api, ip: str, ready: threading.
 def main(argv: list[str]) -> int:
     state_dir = Path(argv[0])
     events = []
+    stand_in = sandbox_webhooks.StandIn(workdir=state_dir)
     for arg in argv[1:]:
         name, server = arg.split("=", 1)
         pki = state_dir / name / "pki"
@@ -87,6 +92,9 @@ def main(argv: list[str]) -> int:
         events.append(ready)
         threading.Thread(target=run_cluster, args=(state_dir, name, api, ip, ready),
                          daemon=True, name=name).start()
+        threading.Thread(target=sandbox_webhooks.run_cluster,
+                         args=(state_dir, name, api, stand_in),
+                         daemon=True, name=f"{name} webhooks").start()
     for ready in events:
         ready.wait()
     (state_dir / READY_FILE).write_text("ok\n")

@@ -32,11 +32,15 @@ class ClusterStatus:
 
 
 def _istio_version(k: kube.Kube, config: Config) -> str | None:
+    """The control plane's version label (set by istioctl), else its image tag."""
     name = install.istiod_name(config)
     dep = k.get(f"/apis/apps/v1/namespaces/istio-system/deployments/{name}",
                 what=f"read Deployment istio-system/{name}")
     if not dep:
         return None
+    labelled = (dep["metadata"].get("labels") or {}).get("operator.istio.io/version")
+    if labelled:
+        return labelled
     containers = dep["spec"]["template"]["spec"].get("containers") or [{}]
     image = containers[0].get("image", "")
     return image.rsplit(":", 1)[-1] if ":" in image else image or "unknown"
