@@ -154,7 +154,8 @@ def test_service_account_token_is_filled_and_refused_until_bound(
                                or {}).get("token") and
                       core.read_namespaced_secret("reader-token", namespace).data,
                       what="the token controller to fill Secret reader-token")
-    assert {"token", "ca.crt", "namespace"} <= set(data)
+    keys = sorted(data)  # only the keys ever reach an assertion message, never the token
+    assert {"token", "ca.crt", "namespace"} <= set(keys), keys
     kubeconfig = _token_kubeconfig(c, base64.b64decode(data["token"]).decode(),
                                    tmp_path / "reader.kubeconfig")
     can_i = [KUBECTL, "--kubeconfig", kubeconfig, "auth", "can-i", "list", "pods",
