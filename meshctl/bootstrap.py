@@ -280,13 +280,110 @@ def run(config: Config, plan: Plan, *, skip_preflight: bool = False,
 
     def link(index: int) -> None:
         lk = plan.links[index]
-        source = config.clusters[lk.source]
-        server = remote_secret.server_for(source, clusters[lk.source].server)
-        secret = remote_secret.create(ctl, source, server)
-        result = remote_secret.apply(clusters[lk.target], secret)
+        result = link_clusters(config, clusters, ctl, target=lk.target, source=lk.source)
         if result != "unchanged":
             outcome.changes.append(f"{lk.target}: remote secret for {lk.source} {result}")
             progress(lk.target, f"remote secret for {lk.source} {result}")
 
     _each(list(range(len(plan.links))), link)  # type: ignore[arg-type]
     return outcome
+
+
+def link_clusters(config: Config, clusters: dict[str, Kube], ctl: istio.Istioctl, *,
+                  target: str, source: str, server: str | None = None) -> str:
+    """``source``'s remote secret, made by istioctl on ``source``, applied to ``target``."""
+    cluster = config.clusters[source]
+    chosen = remote_secret.server_for(cluster, clusters[source].server, server)
+    secret = remote_secret.create(ctl, cluster, chosen)
+    return remote_secret.apply(clusters[target], secret)
+
+
+def teardown(config: Config, plan: Plan, *,
+             progress: install.Progress = install._quiet) -> list[str]:
+    """Undo bootstrap in reverse: remote secrets, exposures, Istio, cacerts, namespace.
+
+    The local CA is kept.  Safe to re-run: what is already gone is skipped.
+    """
+    names = list(plan.names)
+    clusters = {n: kube.client(config.clusters[n]) for n in names}
+    removed: list[str] = []
+
+    def unlink(index: int) -> None:
+        lk = plan.links[index]
+        if remote_secret.remove(clusters[lk.target], lk.source):
+            removed.append(f"{lk.target}: remote secret for {lk.source}")
+
+    _each(list(range(len(plan.links))), unlink)  # type: ignore[arg-type]
+    ctl = istio.find()
+
+    def undo(name: str) -> None:
+        k, cp = clusters[name], plan.get(name)
+        docs = [*manifests.split(manifests.expose_istiod(config)),
+                *manifests.split(manifests.expose_services())]
+        for doc in docs:
+            if _crd_exists(k, doc) and kube.delete(k, doc):
+                removed.append(f"{name}: {kube.describe(doc)}")
+        if install.recorded(k) or install.deployment_problem(k, install.istiod_name(config)) \
+                is None:
+            progress(name, "istioctl uninstall --purge …")
+            istio.run(ctl, config.clusters[name], ["uninstall", "--purge", "-y"],
+                      what="istioctl uninstall")
+            removed.append(f"{name}: Istio (istioctl uninstall --purge)")
+        for doc in (*manifests.split(manifests.install_record({})),
+                    {"apiVersion": "v1", "kind": "Secret",
+                     "metadata": {"name": "cacerts", "namespace": "istio-system"}}):
+            if kube.delete(k, doc):
+                removed.append(f"{name}: {kube.describe(doc)}")
+        ns = manifests.split(manifests.namespace(cp))[0]
+        live = k.get(kube.object_path(ns), what="read Namespace istio-system")
+        if live and (live["metadata"].get("labels") or {}).get(
+                "app.kubernetes.io/managed-by") == "meshctl" and kube.delete(k, ns):
+            removed.append(f"{name}: Namespace istio-system")
+
+    _each(names, undo)
+    return removed
+
+
+def _crd_exists(k: Kube, doc: dict) -> bool:
+    """Istio's CRDs may be gone already (a re-run): then so are their objects."""
+    group = doc["apiVersion"].split("/")[0]
+    plural = kube.KINDS[doc["kind"]][0]
+    return k.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.{group}",
+                 what="read CustomResourceDefinition") is not None
+
+
+# --- single-cluster entry points (install, link, unlink tasks) --------------------------
+
+
+def install_manifests(config: Config, plan: Plan, name: str) -> dict[str, str]:
+    """The IstioOperator files ``install`` would give ``name`` (placeholders where live)."""
+    cp = plan.get(name)
+    return {f"{c.key}": c.operator for c in install.components(config, plan, cp,
+                                                                main_address=None)}
+
+
+def install_one(config: Config, plan: Plan, name: str, *,
+                progress: install.Progress = install._quiet) -> str | None:
+    """Istio on one cluster; a remote-role cluster reads its main's east-west address."""
+    cp = plan.get(name)
+    k = kube.client(config.clusters[name])
+    ctl = istio.find()
+    main_address = None
+    if cp.control_plane:
+        main_k = kube.client(config.clusters[cp.control_plane])
+        main_address = install.east_west_address(main_k, config.clusters[cp.control_plane])
+        if not main_address:
+            raise CheckFailed(f"{cp.control_plane}: its east-west gateway has no address yet",
+                              hint=f"install {cp.control_plane} first")
+    return install.install_cluster(k, ctl, config, plan, cp, main_address=main_address,
+                                   progress=progress)
+
+
+def link(config: Config, *, target: str, source: str, server: str | None = None) -> str:
+    clusters = {n: kube.client(config.clusters[n]) for n in (target, source)}
+    return link_clusters(config, clusters, istio.find(), target=target, source=source,
+                         server=server)
+
+
+def unlink(config: Config, *, target: str, source: str) -> bool:
+    return remote_secret.remove(kube.client(config.clusters[target]), source)

@@ -42,19 +42,19 @@ def istiod_name(config: Config) -> str:
     return f"istiod-{rev}" if rev else "istiod"
 
 
-def deployment_problem(k: kube.Kube, name: str) -> str | None:
-    """``None`` when ``istio-system/<name>`` is Available with every replica updated."""
-    dep = k.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{name}",
-                what=f"read Deployment {NS}/{name}")
+def deployment_problem(k: kube.Kube, name: str, *, namespace: str = NS) -> str | None:
+    """``None`` when ``<namespace>/<name>`` is Available with every replica updated."""
+    dep = k.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+                what=f"read Deployment {namespace}/{name}")
     if dep is None:
-        return f"Deployment {NS}/{name} not found"
+        return f"Deployment {namespace}/{name} not found"
     status = dep.get("status") or {}
     available = any(c.get("type") == "Available" and c.get("status") == "True"
                     for c in status.get("conditions") or [])
     wanted = (dep.get("spec") or {}).get("replicas", 1)
     ready = status.get("availableReplicas", 0)
     if not available or ready < wanted:
-        return f"Deployment {NS}/{name}: {ready}/{wanted} available"
+        return f"Deployment {namespace}/{name}: {ready}/{wanted} available"
     return None
 
 
@@ -70,8 +70,8 @@ def _record(k: kube.Kube, key: str, value: str) -> None:
 def apply_manifest(k: kube.Kube, text: str) -> list[str]:
     """``ensure`` every document of a rendered manifest; returns what changed."""
     changed = []
-    for doc in yaml.safe_load_all(text):
-        if doc and kube.ensure(k, doc) != "unchanged":
+    for doc in manifests.split(text):
+        if kube.ensure(k, doc) != "unchanged":
             changed.append(kube.describe(doc))
     return changed
 

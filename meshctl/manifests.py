@@ -40,6 +40,11 @@ def render(template: str, **context: Any) -> str:
     return _env().get_template(template).render(**context)
 
 
+def split(text: str) -> list[dict[str, Any]]:
+    """The documents of a rendered manifest, as dicts (empty documents dropped)."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``override`` merged over ``base``: mappings recursively, everything else replaced."""
     merged = copy.deepcopy(dict(base))

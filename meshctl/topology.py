@@ -140,3 +140,19 @@ def plan(config: Config, main: str, remotes: list[str] | tuple[str, ...]) -> Pla
         ))
     return Plan(mesh_id=config.mesh.mesh_id, model=model, multi_network=multi_network,
                 main=main, remotes=tuple(remotes), clusters=tuple(cluster_plans), links=links)
+
+
+def plan_for(config: Config, cluster: str, *, main: str | None = None) -> Plan:
+    """The plan one cluster is installed by: every cluster of the folder is the mesh.
+
+    A primary is its own main; a remote-role cluster needs ``main`` (its control plane).
+    """
+    target = config.cluster(cluster, flag="--cluster")
+    if not target.is_primary and not main:
+        raise UsageError(f"--cluster {cluster} has role 'remote': pass --main with the "
+                         "primary whose istiod will control it")
+    chosen_main = main or cluster
+    others = [n for n in sorted(config.clusters) if n != chosen_main]
+    if not others:
+        raise UsageError(f"{config.dir}: only one cluster file; a mesh needs two")
+    return plan(config, chosen_main, others)

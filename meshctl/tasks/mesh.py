@@ -9,8 +9,9 @@ from invoke import task
 from meshctl import bootstrap as flow
 from meshctl import config, report, topology
 from meshctl import status as status_mod
+from meshctl.errors import ClusterError, UsageError
 from meshctl.tasks import _common
-from meshctl.tasks._common import guard, not_yet
+from meshctl.tasks._common import guard
 
 CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or ./clusters)"
 
@@ -39,21 +40,35 @@ def preflight(c, cluster=None, json=False, clusters_dir=None):
         raise Exit(code=document["exitCode"])
 
 
-@task(help={"cluster": "cluster to install", "dry-run": "render only, contact no cluster",
+@task(help={"cluster": "cluster to install",
+            "main": "the main cluster (needed for a role: remote cluster)",
+            "dry-run": "print the IstioOperator files, contact no cluster",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def install(c, cluster=None, dry_run=False, clusters_dir=None):
+def install(c, cluster=None, main=None, dry_run=False, clusters_dir=None):
     """Install Istio (and the east-west gateway) on one cluster with istioctl."""
-    not_yet("install", 7)
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    plan = topology.plan_for(cfg, cluster or "", main=main)
+    if dry_run:
+        for name, text in flow.install_manifests(cfg, plan, cluster).items():
+            report.out.print(f"# {name}\n{text}", markup=False, highlight=False)
+        return
+    address = flow.install_one(cfg, plan, cluster, progress=report.progress)
+    report.out.print(f"{cluster}: Istio installed"
+                     + (f"; east-west gateway at {address}" if address else ""))
 
 
 @task(help={"main": "cluster that receives the secret", "remote": "cluster it reads",
-            "server": "API server URL written into the secret",
+            "server": "API server URL written into the secret (default: the remote's "
+                      "apiServer, else its kubeconfig's server unless loopback)",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def link(c, main=None, remote=None, server=None, clusters_dir=None):
     """Create the remote secret of REMOTE and apply it to MAIN."""
-    not_yet("link", 7)
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    topology.select(cfg, main or "", [remote] if remote else [])
+    result = flow.link(cfg, target=main, source=remote, server=server)
+    report.out.print(f"{main}: remote secret for {remote} {result}")
 
 
 @task(help={"main": "cluster holding the secret", "remote": "cluster whose secret goes",
@@ -61,7 +76,11 @@ def link(c, main=None, remote=None, server=None, clusters_dir=None):
 @guard
 def unlink(c, main=None, remote=None, clusters_dir=None):
     """Remove REMOTE's remote secret from MAIN."""
-    not_yet("unlink", 7)
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    topology.select(cfg, main or "", [remote] if remote else [])
+    removed = flow.unlink(cfg, target=main, source=remote)
+    report.out.print(f"{main}: remote secret for {remote} "
+                     + ("removed" if removed else "was not there"))
 
 
 @task(iterable=["remote"], help={
@@ -103,33 +122,108 @@ def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
                      "no cluster was contacted")
 
 
-@task(help={"json": "print one JSON document", "clusters-dir": CLUSTERS_DIR_HELP})
+@task(iterable=["cluster"], help={"cluster": "cluster to show (repeatable; default: all)",
+                                  "json": "print one JSON document",
+                                  "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def status(c, json=False, clusters_dir=None):
+def status(c, cluster=None, json=False, clusters_dir=None):
     """One table from the live clusters: roles, networks, Istio version, links, cert days."""
-    not_yet("status", 7)
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    names = cluster or sorted(cfg.clusters)
+    for name in names:
+        cfg.cluster(name)
+    rows = status_mod.collect(cfg, names)
+    if json:
+        report.print_json({"schema": "meshctl.status/v1",
+                           "clusters": [r.to_dict() for r in rows]})
+    else:
+        report.out.print(report.status_table(rows))
+    if not any(r.reachable for r in rows):
+        raise ClusterError("no cluster could be reached")
 
 
-@task(help={"main": "the main cluster", "remote": "a remote cluster",
-            "clusters-dir": CLUSTERS_DIR_HELP})
+@task(iterable=["remote"], help={
+    "main": "the main cluster", "remote": "a remote cluster (repeatable)",
+    "json": "print one JSON document (schema meshctl.verify/v1)",
+    "junit": "also write a JUnit XML report to this file (one testcase per check)",
+    "keep": "leave the sample apps in namespace sample (default: remove them)",
+    "requests": "how many requests the curl client sends (default 10)",
+    "timeout": "seconds to wait for the sample apps to become ready (default 180)",
+    "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def verify(c, main=None, remote=None, clusters_dir=None):
+def verify(c, main=None, remote=None, json=False, junit=None, keep=False, requests=10,
+           timeout=180, clusters_dir=None):
     """Check the mesh spans the clusters: static checks, then sample traffic."""
-    not_yet("verify", 8)
+    from invoke.exceptions import Exit
+
+    from meshctl import verify as checks  # imported here: only this task needs it
+    from meshctl.errors import UsageError as Usage
+
+    try:
+        count, wait = int(requests), float(timeout)
+    except (TypeError, ValueError):
+        raise Usage("--requests and --timeout must be numbers") from None
+    if count < 1:
+        raise Usage("--requests must be at least 1")
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    plan = topology.plan(cfg, main or "", remote or [])
+    result = checks.run(cfg, plan, requests=count, keep=keep, timeout=wait,
+                        progress=report.progress)
+    if junit:
+        Path(junit).write_text(checks.junit_xml(result))
+    if json:
+        report.print_json(result.to_json())
+    else:
+        report.out.print(report.verify_table(result))
+        for line in report.verify_summary(result):
+            report.out.print(line, highlight=False)
+    if not result.passed:
+        raise Exit(code=1)
 
 
 @task(help={"cluster": "cluster to configure", "namespace": "namespace of the service",
             "service": "service to split", "weights": "e.g. v1=80,v2=20 (must add up to 100)",
+            "promote": "route 100% to this version (instead of --weights)",
+            "force": "take over a VirtualService/DestinationRule meshctl does not manage",
+            "dry-run": "print the YAML, contact no cluster",
+            "json": "print one JSON document (schema meshctl.canary/v1)",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def canary(c, cluster=None, namespace=None, service=None, weights=None, clusters_dir=None):
+def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=None,
+           force=False, dry_run=False, json=False, clusters_dir=None):
     """Weighted routing between versions: DestinationRule subsets + VirtualService."""
-    not_yet("canary", 8)
+    from meshctl import traffic  # imported here: only this task needs it
+
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    opts = traffic.options(cfg, cluster=cluster, namespace=namespace, service=service,
+                           weights=weights, promote=promote, force=force)
+    if dry_run:
+        report.out.print(traffic.to_yaml(traffic.objects(opts)), markup=False,
+                         highlight=False, end="")
+        return
+    result = traffic.apply(cfg, opts)
+    if json:
+        report.print_json(result.to_json())
+    else:
+        report.print_canary(result)
 
 
-@task(help={"main": "the main cluster", "remote": "a remote cluster",
-            "yes": "really remove everything bootstrap made", "clusters-dir": CLUSTERS_DIR_HELP})
+@task(iterable=["remote"], help={"main": "the main cluster",
+                                 "remote": "a remote cluster (repeatable)",
+                                 "yes": "really remove everything bootstrap made",
+                                 "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def teardown(c, main=None, remote=None, yes=False, clusters_dir=None):
     """Undo bootstrap in reverse (secrets, gateways, Istio, cacerts); keeps the local CA."""
-    not_yet("teardown", 7)
+    cfg = config.load(_common.clusters_dir(clusters_dir))
+    plan = topology.plan(cfg, main or "", remote or [])
+    if not yes:
+        raise UsageError(f"teardown removes Istio, gateways, remote secrets and cacerts from "
+                         f"{', '.join(plan.names)}; re-run with --yes to do it")
+    removed = flow.teardown(cfg, plan, progress=report.progress)
+    for line in removed:
+        report.out.print(f"removed {line}")
+    report.out.print("nothing to remove" if not removed else
+                     f"teardown done; the local CA in {cfg.mesh.ca.dir} is kept")
+
+
