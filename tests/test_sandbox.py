@@ -219,6 +219,34 @@ spec:
 """
 
 
+# A name of its own: istioctl prunes what the same-named (here: unnamed) install owned.
+EASTWEST_IOP = """\
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata:
+  name: eastwest
+spec:
+  profile: empty
+  components:
+    ingressGateways:
+    - name: istio-eastwestgateway
+      enabled: true
+      label: {istio: eastwestgateway, app: istio-eastwestgateway,
+              topology.istio.io/network: network1}
+      k8s:
+        service:
+          ports:
+          - {name: status-port, port: 15021, targetPort: 15021}
+          - {name: tls, port: 15443, targetPort: 15443}
+  values:
+    gateways:
+      istio-ingressgateway:
+        injectionTemplate: gateway
+    global:
+      network: network1
+"""
+
+
 def _istioctl_manifest_generate(istioctl: Path, iop: Path) -> str:
     result = run([istioctl, "manifest", "generate", "-f", iop], timeout=120)
     assert result.returncode == 0, f"{iop}: {result.stderr[-800:]}"
@@ -278,6 +306,27 @@ def test_istioctl_precheck_and_install_make_istiod_available(
     webhooks = k8s.AdmissionregistrationV1Api(c.kubernetes)
     assert webhooks.list_mutating_webhook_configuration(
         label_selector="app=sidecar-injector").items
+
+    # An east-west gateway's pods go through the injector webhook (failurePolicy Fail):
+    # the sandbox's webhook stand-in must answer it, or this install would time out.
+    eastwest = tmp_path / "eastwest.yaml"
+    eastwest.write_text(EASTWEST_IOP)
+    install = run([*istioctl, "install", "-y", "-f", eastwest, "--readiness-timeout", "3m"],
+                  timeout=300)
+    assert install.returncode == 0, install.stdout[-1200:] + install.stderr[-1200:]
+    ew = c.core().read_namespaced_service_status("istio-eastwestgateway", "istio-system")
+    assert [i.ip for i in ew.status.load_balancer.ingress or []] == [c.ip]
+
+    # Admitted, but honestly not injected: no container runs, so no sidecar either.
+    core = c.core()
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(
+        name="injected", labels={"istio-injection": "enabled"})))
+    eventually(lambda: core.read_namespaced_service_account("default", "injected"),
+               what="ServiceAccount injected/default")
+    pod = core.create_namespaced_pod("injected", k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="app"),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="x")])))
+    assert [ct.name for ct in pod.spec.containers] == ["app"]
 
 
 # --- lifecycle ----------------------------------------------------------------------------
