@@ -29,6 +29,8 @@ class MeshctlProgram(Program):
             return super().parse_tasks()
         except ParseError as e:
             raise Exit(f"meshctl: {e}", 2) from e
+        except ValueError as e:  # an int flag given a word: invoke's parser raises this
+            raise Exit(f"meshctl: {e}", 2) from None
 
 
 program = MeshctlProgram(namespace=namespace, version=__version__, name="meshctl", binary="meshctl")

@@ -10,6 +10,7 @@ Available; only a difference or a missing/unready Deployment runs istioctl again
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,6 +107,13 @@ def ensure_component(k: kube.Kube, ctl: istio.Istioctl, cluster: Cluster, comp: 
     return True
 
 
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def east_west_address(k: kube.Kube, cluster: Cluster) -> str | None:
     """The east-west gateway's LoadBalancer address, else the cluster file's
     ``eastWestAddress``, else ``None``."""
@@ -164,6 +172,12 @@ def install_cluster(k: kube.Kube, ctl: istio.Istioctl, config: Config, plan: Pla
     Every step checks first, so a converged cluster sees reads only.
     """
     cluster = config.clusters[cp.name]
+    if main_address and _loopback(main_address):
+        main = config.clusters[cp.control_plane or ""]
+        raise CheckFailed(
+            f"{cp.name}: its control plane's east-west address {main_address} is a loopback "
+            "address, which it cannot reach (and Kubernetes refuses in an EndpointSlice)",
+            hint=f"set eastWestAddress in {main.source} to an address {cp.name} can reach")
     apply_manifest(k, manifests.namespace(cp))
     for comp in components(config, plan, cp, main_address=main_address):
         ensure_component(k, ctl, cluster, comp, progress=progress)
