@@ -5,8 +5,8 @@ small reverse proxy that fails the Nth request of a given kind; afterwards the
 requests that reached the real server are counted.  Clients (meshctl *and* istioctl)
 talk to the proxy with its own test CA; the proxy talks to the API server as the
 sandbox admin (client certificate).  Requests are parsed one by one (HTTP/1.1, keep-
-alive; the proxy offers no h2, so Go clients fall back to 1.1), responses are piped
-byte for byte so watches stream as they would.
+alive; the proxy offers no h2, so Go clients fall back to 1.1), responses are relayed
+as they arrive (chunked bodies chunk by chunk), so watches stream as they would.
 
 Only loopback addresses are used.
 """
@@ -159,12 +159,17 @@ class ApiProxy:
         return None
 
     def _serve(self, raw: socket.socket) -> None:
+        """One client connection, strictly in turn: request in, response out.
+
+        Sequential on purpose: an SSL socket must not be read and written by two threads
+        at once, and HTTP/1.1 without pipelining never needs it.
+        """
         try:
             client = self.server_ctx.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
             raw.close()
             return
-        upstream = None
+        upstream = up_reader = None
         try:
             reader = client.makefile("rb")
             while True:
@@ -175,8 +180,7 @@ class ApiProxy:
                 method, target, _ = request_line.split(" ", 2)
                 length = _content_length(head)
                 body = reader.read(length) if length else b""
-                path = target.split("?", 1)[0]
-                fault = self._fault_for(method, path)
+                fault = self._fault_for(method, target.split("?", 1)[0])
                 with self._lock:
                     self.requests.append(Seen(method, target, fault is None))
                 if fault is not None:
@@ -187,16 +191,52 @@ class ApiProxy:
                 if upstream is None:
                     upstream = self.client_ctx.wrap_socket(
                         socket.create_connection(self.up_addr), server_hostname=self.up_addr[0])
-                    threading.Thread(target=_pump, args=(upstream, client),
-                                     daemon=True).start()
+                    up_reader = upstream.makefile("rb")
                 upstream.sendall(head + body)
+                if not _relay_response(up_reader, client, method):
+                    return
         except (OSError, ValueError):
             return
         finally:
-            for s in (client, upstream):
-                if s is not None:
+            for sock in (client, upstream):
+                if sock is not None:
                     with contextlib.suppress(OSError):
-                        s.close()
+                        sock.close()
+
+
+def _relay_response(up, client: socket.socket, method: str) -> bool:
+    """Copy one response, streaming its body; False when the connection must close."""
+    head = _read_head(up)
+    if head is None:
+        return False
+    client.sendall(head)
+    status = int(head.split(b" ", 2)[1])
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return True
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+        while True:
+            size_line = up.readline(65536)
+            if not size_line:
+                return False
+            client.sendall(size_line)
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            chunk = up.read(size + 2)  # data and its CRLF
+            client.sendall(chunk)
+            if size == 0:
+                return True
+    length = _content_length(head)
+    if length or re.search(rb"(?im)^content-length:", head):
+        remaining = length
+        while remaining:
+            data = up.read(min(65536, remaining))
+            if not data:
+                return False
+            client.sendall(data)
+            remaining -= len(data)
+        return True
+    while data := up.read1(65536):  # no length: the body ends with the connection
+        client.sendall(data)
+    return False
 
 
 def _read_head(reader) -> bytes | None:
@@ -226,17 +266,3 @@ def _status_response(fault: Fault) -> bytes:
     if fault.retry_after is not None:
         headers.append(f"Retry-After: {fault.retry_after}")
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_RDWR)
