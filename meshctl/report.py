@@ -131,3 +131,59 @@ def preflight_summary(document: dict[str, Any]) -> list[str]:
     lines.append(f"preflight: {len(document['clusters'])} cluster(s), {s['PASS']} passed, "
                  f"{s['WARN']} warnings, {s['FAIL']} failed: {verdict}")
     return lines
+
+
+# --- canary and verify (issue 8) --------------------------------------------------------
+
+VERIFY_MARKS = {"PASS": "[green]✅ PASS[/]", "FAIL": "[red]❌ FAIL[/]",
+                "SKIP": "[yellow]⏭  SKIP[/]"}
+
+
+def print_canary(result: Any) -> None:
+    """``canary``: one line per object, the WARN lines, then what the routing is now."""
+    for obj, action in result.actions:
+        out.print(f"{result.cluster}: {obj}: {action}", highlight=False)
+    for warning in result.warnings:
+        err.print(f"⚠️  WARN {warning}", highlight=False)
+    split = ", ".join(f"{v} {w}%" for v, w in result.weights)
+    if result.promoted:
+        out.print(f"promoted: {result.host} now routes 100% to {result.promoted}",
+                  highlight=False)
+    elif result.writes == 0:
+        out.print(f"unchanged: {result.host} already routes {split} (no writes)",
+                  highlight=False)
+    else:
+        out.print(f"{result.host} routes {split}", highlight=False)
+
+
+def verify_table(result: Any) -> Table:
+    """``verify``: one row per check (a ``verify.Result``), hint under the message."""
+    verdict = "PASSED" if result.passed else "FAILED"
+    table = Table(title=f"verify {result.main} + {', '.join(result.remotes)}: {verdict}",
+                  title_justify="left")
+    for col in ("half", "check", "status", "message"):
+        table.add_column(col, overflow="fold")
+    for c in result.checks:
+        message = c.message + (f"\n💡 {c.hint}" if c.hint else "")
+        table.add_row(c.group, c.name, VERIFY_MARKS[c.status], message)
+    return table
+
+
+def verify_summary(result: Any) -> list[str]:
+    """Closing lines: the answers seen (only real ones), or plainly that traffic was not."""
+    t = result.traffic
+    lines = []
+    if t.checked:
+        for a in t.answers:
+            lines.append(f"answers from {a.version} on {a.cluster}: {a.count}")
+        lines.append(f"traffic checked: {t.sent} requests from {t.client}, {t.errors} errors")
+    else:
+        lines.append(f"❌ {t.reason}")
+    if result.kept:
+        lines.append("--keep: the sample apps stay in namespace sample")
+    elif result.cleanup:
+        lines.append(f"removed {len(result.cleanup)} sample objects")
+    static = "passed" if result.static_passed else "FAILED"
+    lines.append(f"verify: static checks {static}; "
+                 f"{'PASSED' if result.passed else 'FAILED'}")
+    return lines

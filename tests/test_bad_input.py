@@ -152,7 +152,8 @@ def test_unknown_flag_is_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_tasks_of_later_issues_say_not_yet(tmp_path: Path) -> None:
+def test_canary_without_flags_is_usage_error(tmp_path: Path) -> None:
+    """canary exists since issue 8; missing flags stay a one-line usage error."""
     folder = write_folder(tmp_path, [cluster_doc("cluster1")])
     result = meshctl("canary", "--clusters-dir", str(folder))
-    assert_one_line_error(result, 2, "not yet available")
+    assert_one_line_error(result, 2, "--cluster is required")

@@ -1,0 +1,345 @@
+"""``verify``: pure pieces first, then both halves on the bootstrapped ``traffic`` sandbox.
+
+What the sandbox shows and what it cannot: the static half runs for real (remote
+secrets read and their tokens used against the other API server, ``cacerts`` read and
+compared, east-west Service addresses, istiod's Deployment); the samples are really
+deployed and become Ready (kwok marks the pods Running/Ready).  No container runs, so
+the API server cannot reach a kubelet for pods/exec: the request step fails and
+verify must say that traffic was NOT checked and exit 1.  Istio's admission webhooks
+are answered by a stand-in that admits everything unchanged: NO sidecar is injected
+(the sidecar check FAILs, saying so) and Istio's webhook validation does not run.
+
+Damaging tests (a deleted secret, a foreign root, a gateway without address, a bad
+token) restore what they broke in ``finally`` so the module's sandbox stays a mesh.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from meshctl import cacerts, certs, config, manifests, verify
+from meshctl.topology import Plan
+from tests.factories import meshctl, two_networks
+from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
+from tests.traffic_sandbox import bootstrapped
+
+NS = "istio-system"
+
+# --- no cluster ------------------------------------------------------------------------
+
+
+def _result(statuses: list[str], *, checked: bool = False) -> verify.Result:
+    checks = tuple(verify.Check("static" if i < 2 else "traffic", f"check {i}", "cluster1", s,
+                                f"message {i} <&>", "a hint" if s == verify.FAIL else None)
+                   for i, s in enumerate(statuses))
+    return verify.Result("cluster1", ("cluster2",), checks,
+                         verify.Traffic(checked, None, 10, 0, reason="not checked"))
+
+
+@pytest.mark.parametrize("statuses", [
+    [verify.PASS, verify.PASS, verify.PASS],
+    [verify.PASS, verify.FAIL, verify.SKIP],
+    [verify.FAIL, verify.FAIL, verify.PASS, verify.FAIL],
+], ids=["all-pass", "fail-and-skip", "three-failures"])
+def test_junit_parses_with_one_testcase_per_check(tmp_path: Path, statuses: list[str]) -> None:
+    path = tmp_path / "verify.xml"
+    path.write_text(verify.junit_xml(_result(statuses)))
+    root = ET.parse(path).getroot()
+    suite = root.find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    assert len(cases) == len(statuses) == int(suite.get("tests", "-1"))
+    assert int(suite.get("failures", "-1")) == statuses.count(verify.FAIL)
+    assert int(suite.get("skipped", "-1")) == statuses.count(verify.SKIP)
+    assert [c.find("failure") is not None for c in cases] == [s == verify.FAIL
+                                                              for s in statuses]
+    failure = next((c.find("failure") for c in cases if c.find("failure") is not None), None)
+    if failure is not None:
+        assert "<&>" in (failure.get("message") or "") and "a hint" in (failure.text or "")
+
+
+def test_answers_counted_by_version_and_cluster() -> None:
+    out = ("Hello version: v1, instance: helloworld-v1-abc\n"
+           "Hello version: v2, instance: helloworld-v2-xyz\n\n"
+           "Hello version: v2, instance: helloworld-v2-xyz\n"
+           "curl: (28) Connection timed out\n"
+           "Hello version: v3, instance: stranger\n")
+    answers, errors = verify.count_answers(out, {"helloworld-v1-abc": "cluster1",
+                                                 "helloworld-v2-xyz": "cluster2"})
+    assert answers == (verify.Answer("v1", "cluster1", 1), verify.Answer("v2", "cluster2", 2),
+                       verify.Answer("v3", "unknown", 1))
+    assert errors == 1
+
+
+@pytest.mark.parametrize("text,code", [
+    ('{"metadata":{},"status":"Success"}', 0),
+    ('{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":'
+     '[{"reason":"ExitCode","message":"7"}]}}', 7),
+], ids=["success", "exit-7"])
+def test_exec_status_channel(text: str, code: int) -> None:
+    assert verify._exit_code(text) == code
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('error sending request: Post "https://127.0.0.11:10250/exec/sample/curl-1/curl?'
+     'command=sh&command=-c": dial tcp 127.0.0.11:10250: connect: connection refused',
+     "Post https://127.0.0.11:10250/exec/…: dial tcp"),
+    ("", "ended without a status"),
+], ids=["sandbox-kubelet-refused", "no-status"])
+def test_exec_failure_is_one_short_line(text: str, needle: str) -> None:
+    with pytest.raises(verify.ExecFailed) as info:
+        verify._exit_code(text)
+    assert needle in str(info.value) and "command=sh" not in str(info.value)
+
+
+def test_sample_manifests_v1_and_curl_on_main_v2_on_remote(tmp_path: Path) -> None:
+    from meshctl import topology
+
+    cfg = config.load(two_networks(tmp_path))
+    plan: Plan = topology.plan(cfg, "cluster1", ["cluster2"])
+    objs = verify.sample_manifests(cfg, plan)
+    names = {c: [f"{o['kind']}/{o['metadata']['name']}" for o in docs]
+             for c, docs in objs.items()}
+    assert names == {
+        "cluster1": ["Namespace/sample", "Service/helloworld", "Deployment/helloworld-v1",
+                     "ServiceAccount/curl", "Deployment/curl"],
+        "cluster2": ["Namespace/sample", "Service/helloworld", "Deployment/helloworld-v2"]}
+    ns = objs["cluster1"][0]
+    assert ns["metadata"]["labels"]["istio-injection"] == "enabled"
+    rev = manifests.render("sample-namespace.yaml.j2", namespace="sample", revision="1-31")
+    assert yaml.safe_load(rev)["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "meshctl", "istio.io/rev": "1-31"}
+
+
+# --- on the sandbox ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mesh(sandbox_factory: SandboxFactory) -> SandboxHandle:
+    return bootstrapped(sandbox_factory)
+
+
+def _verify(mesh: SandboxHandle, tmp_path: Path, *extra: str) -> tuple[Any, dict, Path]:
+    junit = tmp_path / "verify.xml"
+    result = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", "--json",
+                     "--junit", str(junit), "--requests", "3", "--timeout", "90", *extra,
+                     "--clusters-dir", str(mesh.clusters_dir), env=mesh.env())
+    assert "Traceback" not in result.stderr, result.stderr
+    return result, json.loads(result.stdout), junit
+
+
+def _by_name(doc: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in doc["checks"]}
+
+
+def _secret(mesh: SandboxHandle, cluster: int, name: str) -> k8s.V1Secret:
+    return mesh[cluster].core().read_namespaced_secret(name, NS)
+
+
+def _restore_secret(mesh: SandboxHandle, cluster: int, saved: k8s.V1Secret) -> None:
+    """Put a saved Secret back as it was (data, labels, annotations)."""
+    core = mesh[cluster].core()
+    body = k8s.V1Secret(metadata=k8s.V1ObjectMeta(
+        name=saved.metadata.name, namespace=NS, labels=saved.metadata.labels,
+        annotations=saved.metadata.annotations), data=saved.data, type=saved.type)
+    try:
+        current = core.read_namespaced_secret(saved.metadata.name, NS)
+        body.metadata.resource_version = current.metadata.resource_version
+        core.replace_namespaced_secret(saved.metadata.name, NS, body)
+    except k8s.ApiException as e:
+        assert e.status == 404
+        core.create_namespaced_secret(NS, body)
+
+
+def _tokens(mesh: SandboxHandle) -> list[str]:
+    out = []
+    for i, source in ((0, "cluster2"), (1, "cluster1")):
+        secret = _secret(mesh, i, f"istio-remote-secret-{source}")
+        kubeconfig = yaml.safe_load(base64.b64decode(secret.data[source]))
+        out.append(kubeconfig["users"][0]["user"]["token"])
+    return out
+
+
+def _sample_gone(mesh: SandboxHandle) -> bool:
+    for cl in mesh.clusters:
+        try:
+            ns = cl.core().read_namespace("sample")
+        except k8s.ApiException as e:
+            assert e.status == 404
+            continue
+        if ns.status.phase != "Terminating":
+            return False
+    return True
+
+
+def test_static_passes_traffic_not_checked_exit_1(mesh: SandboxHandle, tmp_path: Path) -> None:
+    """After a real bootstrap: every static check passes; the samples deploy and become
+    Ready; exec is impossible, so verify says traffic was NOT checked and exits 1."""
+    result, doc, junit = _verify(mesh, tmp_path)
+    assert result.returncode == 1, result.stderr
+    checks = _by_name(doc)
+    static = [c for c in doc["checks"] if c["group"] == "static"]
+    assert len(static) == 9  # 2 links, 2 cacerts + common root, 2 east-west, 2 istiod
+    assert all(c["status"] == "PASS" for c in static), static
+    assert doc["staticPassed"] is True and doc["passed"] is False
+    assert "reaches https://" in checks["remote secret cluster2 on cluster1"]["message"]
+    assert "istio-reader-service-account" in checks["remote secret cluster1 on cluster2"][
+        "message"]
+
+    assert checks["deploy samples"]["status"] == "PASS"
+    assert checks["samples ready"]["status"] == "PASS"
+    # the sandbox's webhook stand-in admits pods unchanged: no sidecar was injected
+    assert checks["sidecars injected"]["status"] == "FAIL"
+    assert "no istio-proxy container" in checks["sidecars injected"]["message"]
+    requests = checks["requests"]
+    assert requests["status"] == "FAIL"
+    assert "traffic was NOT checked" in requests["message"]
+    assert "pods/exec" in requests["message"]
+    traffic = doc["traffic"]
+    assert traffic["checked"] is False and traffic["sent"] == 0 and traffic["answers"] == []
+    assert doc["trafficChecked"] is False
+
+    # JUnit: one testcase per check, the failures where the checks failed
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == [c["name"] for c in doc["checks"]]
+    failed = {c.get("name") for c in cases if c.find("failure") is not None}
+    assert failed == {"sidecars injected", "requests"}
+    assert int(suite.get("failures", "0")) == 2
+
+    for token in _tokens(mesh):
+        assert token not in result.stdout and token not in result.stderr
+        assert token not in junit.read_text()
+    # default: what verify deployed is removed (namespace deleted, maybe still terminating)
+    assert doc["kept"] is False and doc["cleanup"]
+    assert _sample_gone(mesh)
+
+
+def test_human_output_says_traffic_not_checked(mesh: SandboxHandle) -> None:
+    result = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", "--requests", "2",
+                     "--keep", "--clusters-dir", str(mesh.clusters_dir), env=mesh.env())
+    try:
+        assert result.returncode == 1, result.stderr
+        assert "traffic was NOT checked" in result.stdout
+        assert "answers from" not in result.stdout  # no traffic reported that was not seen
+        assert "--keep: the sample apps stay" in result.stdout
+        for i, deps in ((0, {"helloworld-v1", "curl"}), (1, {"helloworld-v2"})):
+            found = {d.metadata.name for d in mesh[i].apps().list_namespaced_deployment(
+                "sample").items}
+            assert found == deps
+            for pod in mesh[i].core().list_namespaced_pod("sample").items:
+                assert pod.status.phase == "Running"
+    finally:
+        again = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", "--requests",
+                        "1", "--json", "--clusters-dir", str(mesh.clusters_dir),
+                        env=mesh.env())
+        assert json.loads(again.stdout)["cleanup"], again.stderr
+    assert _sample_gone(mesh)
+
+
+@pytest.fixture
+def no_secret(mesh: SandboxHandle) -> Iterator[None]:
+    saved = _secret(mesh, 0, "istio-remote-secret-cluster2")
+    mesh[0].core().delete_namespaced_secret("istio-remote-secret-cluster2", NS)
+    yield
+    _restore_secret(mesh, 0, saved)
+
+
+def test_deleted_remote_secret_fails_naming_it(mesh: SandboxHandle, tmp_path: Path,
+                                               no_secret: None) -> None:
+    result, doc, _ = _verify(mesh, tmp_path)
+    assert result.returncode == 1
+    failed = [c for c in doc["checks"] if c["status"] == "FAIL"]
+    assert [c["name"] for c in failed] == ["remote secret cluster2 on cluster1"]
+    assert "istio-remote-secret-cluster2 not found" in failed[0]["message"]
+    assert "bootstrap --main cluster1 --remote cluster2" in failed[0]["hint"]
+    # static half failed: no sample was deployed, and the report says so
+    assert _by_name(doc)["requests"]["status"] == "SKIP"
+    assert "traffic was NOT checked" in doc["traffic"]["reason"]
+    assert _sample_gone(mesh)
+
+
+@pytest.fixture
+def bad_token(mesh: SandboxHandle) -> Iterator[None]:
+    saved = _secret(mesh, 1, "istio-remote-secret-cluster1")
+    kubeconfig = yaml.safe_load(base64.b64decode(saved.data["cluster1"]))
+    kubeconfig["users"][0]["user"]["token"] = "not-a-valid-token"
+    patched = base64.b64encode(yaml.safe_dump(kubeconfig).encode()).decode()
+    mesh[1].core().patch_namespaced_secret("istio-remote-secret-cluster1", NS,
+                                           {"data": {"cluster1": patched}})
+    yield
+    _restore_secret(mesh, 1, saved)
+
+
+def test_rejected_token_fails(mesh: SandboxHandle, tmp_path: Path, bad_token: None) -> None:
+    result, doc, _ = _verify(mesh, tmp_path)
+    assert result.returncode == 1
+    check = _by_name(doc)["remote secret cluster1 on cluster2"]
+    assert check["status"] == "FAIL"
+    assert "rejects the secret's token" in check["message"]
+    assert "not-a-valid-token" not in result.stdout + result.stderr
+
+
+@pytest.fixture
+def foreign_root(mesh: SandboxHandle) -> Iterator[None]:
+    """cluster2's cacerts replaced by an intermediate under a root nobody else trusts."""
+    saved = _secret(mesh, 1, "cacerts")
+    settings = config.load(mesh.clusters_dir).mesh.ca
+    other = certs.make_intermediate(certs.make_root(settings), "cluster2", settings)
+    body = yaml.safe_load(manifests.cacerts_secret(other))
+    core = mesh[1].core()
+    body["metadata"]["resourceVersion"] = saved.metadata.resource_version
+    core.replace_namespaced_secret("cacerts", NS, body)
+    yield
+    _restore_secret(mesh, 1, saved)
+
+
+def test_other_root_fails_naming_the_cluster(mesh: SandboxHandle, tmp_path: Path,
+                                             foreign_root: None) -> None:
+    result, doc, _ = _verify(mesh, tmp_path)
+    assert result.returncode == 1
+    failed = [c for c in doc["checks"] if c["status"] == "FAIL"]
+    assert [c["name"] for c in failed] == ["cacerts share one root"]
+    assert "cluster2" in failed[0]["message"]
+    assert "no root common to all clusters" in failed[0]["message"]
+    # the Secret really is another CA (not a parse failure): it reads as a bundle
+    assert cacerts.from_secret("cluster2", _secret(mesh, 1, "cacerts").to_dict()) is not None
+
+
+@pytest.fixture
+def gateway_without_address(mesh: SandboxHandle) -> Iterator[None]:
+    """A NodePort gateway: the sandbox's LoadBalancer loop leaves it alone, no address."""
+    core = mesh[1].core()
+    core.patch_namespaced_service("istio-eastwestgateway", NS, {"spec": {"type": "NodePort"}})
+    yield
+    core.patch_namespaced_service("istio-eastwestgateway", NS,
+                                  {"spec": {"type": "LoadBalancer"}})
+    deadline = time.monotonic() + 60
+    while not (core.read_namespaced_service("istio-eastwestgateway", NS)
+               .status.load_balancer.ingress):
+        assert time.monotonic() < deadline, "the LoadBalancer address never came back"
+        time.sleep(0.5)
+
+
+def test_gateway_without_address_fails(mesh: SandboxHandle, tmp_path: Path,
+                                       gateway_without_address: None) -> None:
+    result, doc, junit = _verify(mesh, tmp_path)
+    assert result.returncode == 1
+    failed = [c for c in doc["checks"] if c["status"] == "FAIL"]
+    assert [c["name"] for c in failed] == ["east-west gateway on cluster2"]
+    assert "has no address" in failed[0]["message"]
+    assert "eastWestAddress" in failed[0]["hint"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert int(suite.get("failures", "0")) == 1 and int(suite.get("skipped", "0")) == 1
