@@ -256,6 +256,7 @@ def run(config: Config, plan: Plan, *, skip_preflight: bool = False,
 
     def prepare(name: str) -> None:
         k = clusters[name]
+        install.wait_namespace_gone_if_terminating(k, progress=progress)
         for change in install.apply_manifest(k, manifests.namespace(plan.get(name))):
             outcome.changes.append(f"{name}: {change}")
         result = cacerts.apply(k, bundles[name], backup_dir=config.mesh.ca.dir / "backups")
@@ -339,6 +340,8 @@ def teardown(config: Config, plan: Plan, *,
         if live and (live["metadata"].get("labels") or {}).get(
                 "app.kubernetes.io/managed-by") == "meshctl" and kube.delete(k, ns):
             removed.append(f"{name}: Namespace istio-system")
+            progress(name, "waiting for Namespace istio-system to be deleted …")
+            install.wait_namespace_gone_if_terminating(k)
 
     _each(names, undo)
     return removed

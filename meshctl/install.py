@@ -107,6 +107,26 @@ def ensure_component(k: kube.Kube, ctl: istio.Istioctl, cluster: Cluster, comp: 
     return True
 
 
+def wait_namespace_gone_if_terminating(k: kube.Kube, *, timeout: float = 180.0,
+                                       progress: Progress = _quiet) -> None:
+    """A Terminating ``istio-system`` refuses new objects (403): wait until it is gone.
+
+    Happens right after a teardown; creating into it would fail half-way.
+    """
+    path = f"/api/v1/namespaces/{NS}"
+
+    def check() -> str | None:
+        ns = k.get(path, what=f"read Namespace {NS}")
+        if ns and ns["metadata"].get("deletionTimestamp"):
+            return f"Namespace {NS} is still terminating"
+        return None
+
+    if check() is not None:
+        progress(k.cluster, f"Namespace {NS} is terminating; waiting for it to go")
+        kube.wait_for(f"{k.cluster}: Namespace {NS} deleted", check, timeout=timeout,
+                      interval=1.0)
+
+
 def _loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
