@@ -94,10 +94,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class _WaitRetryAfter(tenacity.wait.wait_base):
-    """Honour a 429's ``Retry-After``; otherwise exponential backoff with jitter."""
+    """Honour a 429's ``Retry-After``; otherwise exponential backoff, full jitter."""
 
     def __init__(self) -> None:
-        self.fallback = tenacity.wait_exponential_jitter(initial=0.2, max=5.0)
+        self.fallback = tenacity.wait_random_exponential(multiplier=0.2, max=5.0)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome

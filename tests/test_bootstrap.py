@@ -91,24 +91,30 @@ def wait_gone(core, namespace: str, timeout: float = 120) -> None:
     raise AssertionError(f"namespace {namespace} still there after {timeout}s")
 
 
-def assert_torn_down(handle, names: list[str]) -> None:
+def leftovers(cluster) -> list[str]:
+    """Istio's cluster-scoped objects still on ``cluster`` (CRDs, webhooks, cluster roles)."""
     from kubernetes import client as k8s
 
+    ext = k8s.ApiextensionsV1Api(cluster.kubernetes)
+    adm = k8s.AdmissionregistrationV1Api(cluster.kubernetes)
+    rbac = k8s.RbacAuthorizationV1Api(cluster.kubernetes)
+    names = [d.metadata.name for d in ext.list_custom_resource_definition().items]
+    names += [w.metadata.name for w in adm.list_mutating_webhook_configuration().items
+              + adm.list_validating_webhook_configuration().items]
+    names += [r.metadata.name for r in rbac.list_cluster_role().items]
+    return [n for n in names if "istio" in n]
+
+
+def assert_torn_down(handle, names: list[str], timeout: float = 90) -> None:
+    """Nothing of the mesh left; CRDs go through their finalizer, so allow them a moment."""
     for c in handle.clusters:
         if c.name not in names:
             continue
         wait_gone(c.core(), "istio-system")
-        ext = k8s.ApiextensionsV1Api(c.kubernetes)
-        assert not [d.metadata.name for d in ext.list_custom_resource_definition().items
-                    if "istio.io" in d.metadata.name], c.name
-        adm = k8s.AdmissionregistrationV1Api(c.kubernetes)
-        hooks = [w.metadata.name for w in
-                 adm.list_mutating_webhook_configuration().items
-                 + adm.list_validating_webhook_configuration().items]
-        assert not [h for h in hooks if "istio" in h], (c.name, hooks)
-        rbac = k8s.RbacAuthorizationV1Api(c.kubernetes)
-        assert not [r.metadata.name for r in rbac.list_cluster_role().items
-                    if "istio" in r.metadata.name], c.name
+        deadline = time.monotonic() + timeout
+        while (left := leftovers(c)) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not left, (c.name, left)
 
 
 def check_mesh(tmp: Path, handle, folder: Path, main: str, remotes: list[str]) -> None:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from invoke.exceptions import Exit
 
-from meshctl.errors import MeshctlError, NotAvailable
+from meshctl.errors import MeshctlError, NotAvailable, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +37,25 @@ def guard(fn: F) -> F:
 def clusters_dir(flag: str | None) -> Path:
     """``--clusters-dir``, else ``$MESHCTL_CLUSTERS_DIR``, else ``./clusters``."""
     return Path(flag or os.environ.get("MESHCTL_CLUSTERS_DIR") or DEFAULT_CLUSTERS_DIR)
+
+
+def number(flag: str, value: object, *, default: float, minimum: float = 0,
+           whole: bool = True) -> float:
+    """A numeric flag, parsed here rather than by invoke.
+
+    Numeric flags take string defaults (``None``) on purpose: invoke converts an int
+    default's flag with ``int()`` in its parser, where a bad value becomes a traceback.
+    """
+    if value is None:
+        return default
+    try:
+        parsed = int(str(value)) if whole else float(str(value))
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise UsageError(f"{flag} {value}: not {kind}") from None
+    if parsed < minimum:
+        raise UsageError(f"{flag} {value}: must be at least {minimum:g}")
+    return parsed
 
 
 def not_yet(task: str, issue: int) -> None:

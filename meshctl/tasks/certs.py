@@ -76,8 +76,9 @@ def status(c, cluster=None, json=False, clusters_dir=None):
                     "3 drop the old root",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def rotate(c, cluster=None, root=False, step=0, clusters_dir=None):
+def rotate(c, cluster=None, root=False, step=None, clusters_dir=None):
     """New intermediate under the same root, or one step of a staged root rotation."""
+    step = int(_common.number("--step", step, default=0))
     cfg = config.load(_common.clusters_dir(clusters_dir))
     if root:
         if cluster:

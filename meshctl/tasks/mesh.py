@@ -9,7 +9,8 @@ from invoke import task
 from meshctl import bootstrap as flow
 from meshctl import config, report, topology
 from meshctl import status as status_mod
-from meshctl.errors import ClusterError, UsageError
+from meshctl import verify as checks
+from meshctl.errors import CheckFailed, ClusterError, UsageError
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard
 
@@ -151,20 +152,11 @@ def status(c, cluster=None, json=False, clusters_dir=None):
     "timeout": "seconds to wait for the sample apps to become ready (default 180)",
     "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def verify(c, main=None, remote=None, json=False, junit=None, keep=False, requests=10,
-           timeout=180, clusters_dir=None):
+def verify(c, main=None, remote=None, json=False, junit=None, keep=False, requests=None,
+           timeout=None, clusters_dir=None):
     """Check the mesh spans the clusters: static checks, then sample traffic."""
-    from invoke.exceptions import Exit
-
-    from meshctl import verify as checks  # imported here: only this task needs it
-    from meshctl.errors import UsageError as Usage
-
-    try:
-        count, wait = int(requests), float(timeout)
-    except (TypeError, ValueError):
-        raise Usage("--requests and --timeout must be numbers") from None
-    if count < 1:
-        raise Usage("--requests must be at least 1")
+    count = int(_common.number("--requests", requests, default=10, minimum=1))
+    wait = _common.number("--timeout", timeout, default=180, minimum=1, whole=False)
     cfg = config.load(_common.clusters_dir(clusters_dir))
     plan = topology.plan(cfg, main or "", remote or [])
     result = checks.run(cfg, plan, requests=count, keep=keep, timeout=wait,
@@ -178,7 +170,8 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, reques
         for line in report.verify_summary(result):
             report.out.print(line, highlight=False)
     if not result.passed:
-        raise Exit(code=1)
+        failed = sum(1 for check in result.checks if check.status == "FAIL")
+        raise CheckFailed(f"verify: {failed} check(s) failed")
 
 
 @task(help={"cluster": "cluster to configure", "namespace": "namespace of the service",
