@@ -117,6 +117,8 @@ class Facts:
     pods_used: dict[str, list[int]] = field(default_factory=dict)  # node -> cpu, mem, pods
     inject_pods: dict[str, int] = field(default_factory=dict)
     istiod: list[IstiodPod] = field(default_factory=list)
+    # running Istio pods in istio-system by app label: already placed, already counted
+    istio_pods: dict[str, int] = field(default_factory=dict)
     pods_error: str = ""
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # wanted ones: labels
     namespaces_error: str = ""
@@ -206,15 +208,24 @@ def _read_pods(k: kube.Kube, facts: Facts) -> None:
         used: dict[str, list[int]] = {}
         inject: dict[str, int] = dict.fromkeys(wanted, 0)
         istiod: list[IstiodPod] = []
+        istio_pods: dict[str, int] = {}
         for page in k.pages("/api/v1/pods", what="list pods"):
             for pod in page.get("items") or ():
-                _fold_pod(pod, used, inject, istiod)
+                _fold_pod(pod, used, inject, istiod, istio_pods)
         facts.inject_pods, facts.istiod, facts.pods_used = inject, istiod, used
+        facts.istio_pods = istio_pods
     _guard(facts, "pods_error", read)
 
 
+def _has_proxy(pod: dict[str, Any]) -> bool:
+    """Injected already: its proxy's requests are in the node's sums, not a new demand."""
+    spec = pod.get("spec") or {}
+    return any(c.get("name") == "istio-proxy"
+               for c in (spec.get("containers") or []) + (spec.get("initContainers") or []))
+
+
 def _fold_pod(pod: dict[str, Any], used: dict[str, list[int]], inject: dict[str, int],
-              istiod: list[IstiodPod]) -> None:
+              istiod: list[IstiodPod], istio_pods: dict[str, int]) -> None:
     """Add one pod to the running sums; the pod itself is not kept."""
     if not cap.is_active(pod):
         return
@@ -222,7 +233,7 @@ def _fold_pod(pod: dict[str, Any], used: dict[str, list[int]], inject: dict[str,
     if meta.get("deletionTimestamp"):
         return
     ns = meta.get("namespace", "")
-    if ns in inject:
+    if ns in inject and not _has_proxy(pod):
         inject[ns] += 1
     node = (pod.get("spec") or {}).get("nodeName")
     if node:
@@ -235,6 +246,8 @@ def _fold_pod(pod: dict[str, Any], used: dict[str, list[int]], inject: dict[str,
             sums[1] += mem
             sums[2] += 1
     labels = meta.get("labels") or {}
+    if ns == ISTIO_NS and labels.get("app"):
+        istio_pods[labels["app"]] = istio_pods.get(labels["app"], 0) + 1
     if ns == ISTIO_NS and labels.get("app") == "istiod":
         istiod.append(_istiod_pod(pod, labels))
 

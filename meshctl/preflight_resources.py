@@ -39,19 +39,25 @@ def _replicas(component: Mapping[str, Any]) -> int:
 
 
 def demand(facts: Facts, values: Mapping[str, Any], sidecar: tuple[int, int]) -> list[cap.Item]:
-    """What the mesh adds to this cluster, as items to place."""
+    """What the mesh adds to this cluster, as items to place.
+
+    Pods of it that already run (a re-run, or a partial earlier install) are in the
+    nodes' used sums already: only the missing ones are demanded again.
+    """
     items: list[cap.Item] = []
     fp = facts.footprint
+    running = facts.istio_pods
     if fp.istiod:
         pilot = values.get("pilot") or {}
         cpu, mem = _requests(pilot, ISTIOD)
-        items += [cap.Item(f"istiod#{i + 1}", cpu, mem, first=True)
-                  for i in range(_replicas(pilot))]
+        missing = max(0, _replicas(pilot) - running.get("istiod", 0))
+        items += [cap.Item(f"istiod#{i + 1}", cpu, mem, first=True) for i in range(missing)]
     gateway = (values.get("gateways") or {}).get("istio-ingressgateway") or {}
     gw_cpu, gw_mem = _requests(gateway, GATEWAY)
-    if fp.ingress_gateway:
-        items.append(cap.Item("istio-ingressgateway", gw_cpu, gw_mem, _replicas(gateway)))
-    if fp.east_west_gateway:
+    ingress = _replicas(gateway) - running.get("istio-ingressgateway", 0)
+    if fp.ingress_gateway and ingress > 0:
+        items.append(cap.Item("istio-ingressgateway", gw_cpu, gw_mem, ingress))
+    if fp.east_west_gateway and not running.get("istio-eastwestgateway"):
         items.append(cap.Item("istio-eastwestgateway", gw_cpu, gw_mem))
     injected = sum(facts.inject_pods.values())
     if injected:

@@ -347,3 +347,23 @@ def test_link_refuses_loopback_without_api_server(tmp_path: Path, mesh3) -> None
         mesh3["cluster1"].core().read_namespaced_secret("istio-remote-secret-cluster2",
                                                         "istio-system")
     assert e.value.status == 404
+
+
+def test_rerun_on_snug_clusters_passes_preflight(tmp_path: Path, sandbox_factory) -> None:
+    """Istio already running is not demanded twice: a re-run on clusters with room for
+    exactly one mesh passes preflight and does nothing."""
+    snug = sandbox_factory(2, nodes=1, cpu="2", memory="4Gi", label="snug")
+    folder = clusters_dir(tmp_path, snug, {}, {"cluster2": "network2"})
+    args = ["bootstrap", "--main", "cluster1", "--remote", "cluster2",
+            "--clusters-dir", str(folder)]
+    first = run(snug, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run(snug, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to do" in again.stdout
+    check = run(snug, "preflight", "--json", "--cluster", "cluster1", "--cluster", "cluster2",
+                "--clusters-dir", str(folder))
+    doc = json.loads(check.stdout)
+    resources = [r for c in doc["clusters"] for r in c["results"] if r["check"] == "resources"]
+    assert [r["status"] for r in resources] == ["PASS", "PASS"], resources
+    assert all(r["numbers"]["demandCpuMilli"] == 0 for r in resources), resources
