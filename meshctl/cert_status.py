@@ -54,6 +54,7 @@ from cryptography import x509
 
 from meshctl import cacerts, certs, kube, pki, rotation
 from meshctl.config import Config
+from meshctl.errors import ClusterError
 
 SCHEMA = "meshctl.certs.status/v1"
 WARN_DAYS = 30
@@ -278,7 +279,8 @@ def collect(config: Config, names: Iterable[str] | None = None, *,
             now: datetime | None = None) -> CertsStatus:
     """Read every named cluster's ``cacerts`` (default: all) and judge them.
 
-    Raises meshctl's cluster errors (exit 3) when a cluster cannot be read.
+    A cluster that cannot be read is a FAIL row naming why; the others are still
+    read and judged (one unreachable cluster must not hide the rest).
     """
     settings = config.mesh.ca
     chosen = sorted(names or config.clusters)
@@ -289,8 +291,15 @@ def collect(config: Config, names: Iterable[str] | None = None, *,
     state = rotation.load_state(settings)
     clusters = []
     for name in chosen:
-        k = clients[name] if clients and name in clients else kube.client(config.clusters[name])
-        secret = k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
+        try:
+            k = (clients[name] if clients and name in clients
+                 else kube.client(config.clusters[name],
+                                  deadline=min(15.0, kube.DEFAULT_DEADLINE)))
+            secret = k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
+        except ClusterError as e:
+            clusters.append(ClusterCerts(name, False, None, (), None, False, False, None,
+                                         (Check(FAIL, f"cannot read cacerts: {e}"),)))
+            continue
         directory = certs.cluster_dir(settings, name)
         local = ({f: (directory / f).read_bytes() for f in certs.CACERTS_FILES
                   if (directory / f).exists()} if (directory / certs.CA_CERT).exists() else None)

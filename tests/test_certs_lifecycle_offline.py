@@ -111,3 +111,33 @@ def test_root_key_is_never_pushed() -> None:
         # no client is needed: the refusal comes first (only .cluster is read)
         cacerts.apply(SimpleNamespace(cluster="c1"), bad,  # type: ignore[arg-type]
                       backup_dir=Path("/nonexistent"))
+
+
+def test_status_with_unreachable_clusters_is_a_fail_row(tmp_path) -> None:
+    """No cluster answers: each is a FAIL row naming why, exit 1, no traceback."""
+    import json as _json
+    import socket
+
+    import yaml as _yaml
+
+    from tests.factories import cluster_doc, meshctl, write_folder
+
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(_yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    folder = write_folder(tmp_path, [cluster_doc("c1", context="c", kubeconfig=str(kc)),
+                                     cluster_doc("c2", context="c", kubeconfig=str(kc))])
+    assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0
+    result = meshctl("certs.status", "--json", "--clusters-dir", str(folder),
+                     env={"MESHCTL_API_DEADLINE": "1"})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    doc = _json.loads(result.stdout)
+    assert [(c["name"], c["level"]) for c in doc["clusters"]] == [("c1", "FAIL"), ("c2", "FAIL")]
+    assert "not reachable" in doc["clusters"][0]["checks"][0]["message"]
