@@ -98,3 +98,30 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
                                    "resourceVersion": live["metadata"]["resourceVersion"]}}
     k.request("PUT", PATH, body=body, what=f"replace {WHAT}")
     return f"replaced (previous saved to {saved})"
+
+
+def conflict(k: kube.Kube, bundle: certs.Bundle) -> str | None:
+    """What an ``apply`` without force would refuse: ``None`` when it would go through."""
+    live = k.get(PATH, what=f"read {WHAT}")
+    if live is None or (live.get("data") or {}) == yaml.safe_load(
+            manifests.cacerts_secret(bundle))["data"]:
+        return None
+    live_bundle = from_secret(k.cluster, live)
+    return (difference(live_bundle, bundle) if live_bundle
+            else "the cluster's Secret is not a CA bundle")
+
+
+def apply_all(clients: dict[str, kube.Kube], bundles: dict[str, certs.Bundle], *,
+              force: bool = False, backup_dir: Path) -> dict[str, str]:
+    """Push every bundle, facts first: without ``force``, any cluster holding another CA
+    stops the whole push before the first write, naming every such cluster."""
+    if not force:
+        conflicts = {name: why for name in bundles
+                     if (why := conflict(clients[name], bundles[name])) is not None}
+        if conflicts:
+            detail = "; ".join(f"{name}: {why}" for name, why in conflicts.items())
+            raise CheckFailed(f"{WHAT} holds another CA on {', '.join(conflicts)} ({detail}); "
+                              "nothing was pushed",
+                              hint="--force replaces them after saving the current ones locally")
+    return {name: apply(clients[name], bundles[name], force=force, backup_dir=backup_dir)
+            for name in bundles}

@@ -173,6 +173,14 @@ def test_issue_pushes_verifiable_cacerts_and_status_names_a_tampered_cluster(mes
     table = mesh.run("certs.status")
     assert table.returncode == 1 and "cluster2" in table.stdout and "FAIL" in table.stdout
 
+    # facts first: issuing for all clusters writes nowhere while one holds another CA
+    mesh.sandbox["cluster1"].core().delete_namespaced_secret("cacerts", "istio-system")
+    all_refused = mesh.run("certs.issue")
+    assert all_refused.returncode == 1 and "nothing was pushed" in all_refused.stderr
+    with pytest.raises(k8s.ApiException):
+        mesh.secret("cluster1")  # not re-created before the refusal
+    mesh.ok("certs.issue", "--cluster", "cluster1")
+
     # issue refuses to overwrite it (exit 1, one line, saying what differs) ...
     refused = mesh.run("certs.issue", "--cluster", "cluster2")
     lines = [line for line in refused.stderr.splitlines() if line.strip()]

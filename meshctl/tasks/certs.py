@@ -41,16 +41,21 @@ def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
         cfg.cluster(name)
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.issue")
     root = certs.load_root(cfg.mesh.ca)
+    bundles = {}
     for name in names:
         bundle, created = certs.ensure_intermediate(root, name, cfg.mesh.ca)
+        bundles[name] = bundle
         verb = "issued" if created else "kept"
         report.out.print(f"{name}: {verb} intermediate serial {bundle.ca_cert.serial_number:x}, "
                          f"valid until {bundle.ca_cert.not_valid_after_utc:%Y-%m-%d}, in "
                          f"{certs.cluster_dir(cfg.mesh.ca, name)}")
-        if not no_apply:
-            outcome = cacerts.apply(kube.client(cfg.clusters[name]), bundle, force=force,
-                                    backup_dir=certs.backups_dir(cfg.mesh.ca))
-            report.out.print(f"{name}: {cacerts.WHAT} {outcome}")
+    if no_apply:
+        return
+    clients = {name: kube.client(cfg.clusters[name]) for name in names}
+    outcomes = cacerts.apply_all(clients, bundles, force=force,
+                                 backup_dir=certs.backups_dir(cfg.mesh.ca))
+    for name, outcome in outcomes.items():
+        report.out.print(f"{name}: {cacerts.WHAT} {outcome}")
 
 
 @task(iterable=["cluster"], help={"cluster": "cluster to show (repeatable; default: all)",
