@@ -89,8 +89,9 @@ def run(istioctl: Istioctl, cluster: Cluster, args: list[str], *, what: str,
         raise ClusterError(f"{cluster.name}: {what}: istioctl did not finish within "
                            f"{timeout:.0f}s") from None
     if result.returncode != 0:
+        # stderr only: stdout may hold a kubeconfig with a token (create-remote-secret)
         raise ClusterError(f"{cluster.name}: {what}: istioctl exited {result.returncode}: "
-                           f"{_last_line(result.stderr) or _last_line(result.stdout)}")
+                           f"{_last_line(result.stderr) or 'no message on stderr'}")
     return result.stdout
 
 
