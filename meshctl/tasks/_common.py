@@ -16,6 +16,7 @@ from meshctl.errors import MeshctlError, NotAvailable, UsageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CLUSTERS_DIR = "clusters"
+CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or ./clusters)"
 
 
 def guard(fn: F) -> F:

@@ -10,7 +10,7 @@ from meshctl.errors import UsageError
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard
 
-CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or ./clusters)"
+CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
 
 @task(help={"force": "replace an existing root (the old CA folder is backed up first)",

@@ -14,7 +14,7 @@ from meshctl.errors import CheckFailed, ClusterError, UsageError
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard
 
-CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or ./clusters)"
+CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
 
 @task(iterable=["cluster"], help={"cluster": "cluster to check (repeatable)",
