@@ -11,8 +11,11 @@ shaped for large clusters:
 - nodes and pods are listed concurrently (two continue-token chains, each strictly
   sequential by nature);
 - permissions: one SelfSubjectAccessReview for "everything" first; a cluster admin
-  passes it and nothing more is asked.  Otherwise one review per permission that
-  install and link need, so the report lists each missing one.
+  passes it and nothing more is asked.  Otherwise one SelfSubjectRulesReview gives
+  every rule held in istio-system (matched here as RBAC matches it), and one access
+  review per cluster-wide permission; the report lists each missing one.  When the
+  server says its rules list is incomplete (an authorizer besides RBAC), the
+  namespaced permissions are asked one by one too.
 
 Every read that fails is kept as an error string on the facts, never raised, so
 the other checks of that cluster still run.
@@ -33,6 +36,7 @@ from meshctl.errors import MeshctlError
 ISTIO_NS = "istio-system"
 REACH_DEADLINE = 10.0  # seconds of retries before a cluster counts as unreachable
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SSRR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
 
 
 @dataclass(frozen=True)
@@ -302,16 +306,42 @@ def allowed(k: kube.Kube, perm: Permission) -> bool:
     return bool((review.get("status") or {}).get("allowed"))
 
 
+def _rule_allows(rule: dict[str, Any], perm: Permission) -> bool:
+    """RBAC's own matching for one resource rule (a rule naming objects grants less)."""
+    def has(key: str, value: str) -> bool:
+        values = rule.get(key) or []
+        return "*" in values or value in values
+    return (has("verbs", perm.verb) and has("apiGroups", perm.group)
+            and has("resources", perm.resource) and not rule.get("resourceNames"))
+
+
+def namespace_rules(k: kube.Kube, namespace: str) -> list[dict[str, Any]] | None:
+    """Every resource rule the user holds in ``namespace`` (one SelfSubjectRulesReview),
+    or ``None`` when the server says the list is incomplete (another authorizer)."""
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+            "spec": {"namespace": namespace}}
+    review = k.request("POST", SSRR_PATH, body=body, what=f"rules review in {namespace}")
+    status = review.get("status") or {}
+    return None if status.get("incomplete") else list(status.get("resourceRules") or [])
+
+
 def _read_permissions(k: kube.Kube, facts: Facts) -> None:
+    """One wildcard review for admins; else one rules review for istio-system and one
+    access review per cluster-wide permission (about 9 requests instead of 19)."""
     def read() -> None:
         if allowed(k, EVERYTHING):
             facts.admin = True
             return
         wanted = [*PERMISSIONS, *([GATEWAY_PERMISSION] if facts.footprint.istio_gateways
                                   else [])]
+        rules = namespace_rules(k, ISTIO_NS)
+        by_rules = {p: any(_rule_allows(r, p) for r in rules)
+                    for p in wanted if p.namespace == ISTIO_NS} if rules is not None else {}
+        ask = [p for p in wanted if p not in by_rules]
         with ThreadPoolExecutor(max_workers=6) as pool:
-            answers = list(pool.map(lambda p: allowed(k, p), wanted))
-        facts.missing = [p for p, ok in zip(wanted, answers, strict=True) if not ok]
+            answers = dict(zip(ask, pool.map(lambda p: allowed(k, p), ask), strict=True))
+        answers.update(by_rules)
+        facts.missing = [p for p in wanted if not answers[p]]
     _guard(facts, "permissions_error", read)
 
 

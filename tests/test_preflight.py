@@ -351,3 +351,56 @@ def test_table_output_and_json_schema(sandbox: SandboxHandle, tmp_path: Path) ->
             assert r["check"] in preflight.CHECKS and r["status"] in ("PASS", "WARN", "FAIL")
     # two networks: both clusters get an east-west gateway and are asked about its address
     assert result(doc, "cluster1", "east-west-address")["status"] in ("PASS", "WARN")
+
+
+def test_partial_grants_are_read_from_rbac_exactly(sandbox: SandboxHandle, namespace: str,
+                                                   tmp_path: Path) -> None:
+    """A Role in istio-system and a ClusterRole: what they grant is not reported missing,
+    the rest is; namespaced permissions come from one rules review, not 12 reviews."""
+    from kubernetes import client as k8s
+
+    c = sandbox[0]
+    core, rbac = c.core(), k8s.RbacAuthorizationV1Api(c.kubernetes)
+    created_ns = False
+    try:
+        core.read_namespace("istio-system")
+    except k8s.ApiException:
+        core.create_namespace({"metadata": {"name": "istio-system"}})
+        created_ns = True
+    sa = {"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}
+    role = f"partial-{namespace}"
+    try:
+        kubeconfig = token_kubeconfig(tmp_path, c, namespace)
+        rbac.create_namespaced_role("istio-system", {
+            "metadata": {"name": role},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"],
+                       "verbs": ["create", "get", "patch"]},
+                      {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]},
+                      {"apiGroups": ["apps"], "resources": ["deployments"],
+                       "verbs": ["create"], "resourceNames": ["only-this-one"]}]})
+        rbac.create_namespaced_role_binding("istio-system", {
+            "metadata": {"name": role}, "subjects": [sa],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": role}})
+        rbac.create_cluster_role({"metadata": {"name": role}, "rules": [
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create"]}]})
+        rbac.create_cluster_role_binding({
+            "metadata": {"name": role}, "subjects": [sa],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": role}})
+        folder = write_clusters(tmp_path, [c], context="nobody", kubeconfig=str(kubeconfig))
+        _, doc, _ = run_json(folder, sandbox, "cluster1")
+        missing = result(doc, "cluster1", "permissions")["numbers"]["missingPermissions"]
+        granted = {"create namespaces (cluster-wide)", "create secrets in istio-system",
+                   "get secrets in istio-system", "patch secrets in istio-system",
+                   "create configmaps in istio-system"}
+        assert not granted & set(missing), missing
+        assert set(missing) == {str(p) for p in facts.PERMISSIONS} - granted
+        assert "create deployments.apps in istio-system" in missing  # resourceNames only
+        cluster = next(x for x in doc["clusters"] if x["cluster"] == "cluster1")
+        assert cluster["requests"] <= 20, cluster["requests"]
+    finally:
+        rbac.delete_cluster_role_binding(role)
+        rbac.delete_cluster_role(role)
+        if created_ns:
+            core.delete_namespace("istio-system")
