@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -70,7 +71,7 @@ def backup(secret: dict, directory: Path, cluster: str) -> Path:
 
 
 def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
-          backup_dir: Path) -> str:
+          backup_dir: Path, live: Any = kube.UNREAD) -> str:
     """Push ``bundle`` as ``cacerts``: created, unchanged, or replaced (only with ``force``).
 
     Raises :class:`CheckFailed` (exit 1) naming what differs when the cluster holds
@@ -80,10 +81,11 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
         # the one key that must never reach a cluster; cheap to make impossible
         raise UsageError(f"{k.cluster}: refusing to push {WHAT}: its ca-key.pem is a root's key")
     wanted = yaml.safe_load(manifests.cacerts_secret(bundle))
-    live = k.get(PATH, what=f"read {WHAT}")
+    if live is kube.UNREAD:
+        live = k.get(PATH, what=f"read {WHAT}")
     if live is None:
         ensure_namespace(k)
-        kube.ensure(k, wanted)
+        kube.ensure(k, wanted, live=None)
         return "created"
     if (live.get("data") or {}) == wanted["data"]:
         return "unchanged"
@@ -100,13 +102,12 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
     return f"replaced (previous saved to {saved})"
 
 
-def conflict(k: kube.Kube, bundle: certs.Bundle) -> str | None:
+def conflict(cluster: str, live: dict | None, bundle: certs.Bundle) -> str | None:
     """What an ``apply`` without force would refuse: ``None`` when it would go through."""
-    live = k.get(PATH, what=f"read {WHAT}")
     if live is None or (live.get("data") or {}) == yaml.safe_load(
             manifests.cacerts_secret(bundle))["data"]:
         return None
-    live_bundle = from_secret(k.cluster, live)
+    live_bundle = from_secret(cluster, live)
     return (difference(live_bundle, bundle) if live_bundle
             else "the cluster's Secret is not a CA bundle")
 
@@ -115,13 +116,14 @@ def apply_all(clients: dict[str, kube.Kube], bundles: dict[str, certs.Bundle], *
               force: bool = False, backup_dir: Path) -> dict[str, str]:
     """Push every bundle, facts first: without ``force``, any cluster holding another CA
     stops the whole push before the first write, naming every such cluster."""
+    live = {name: clients[name].get(PATH, what=f"read {WHAT}") for name in bundles}
     if not force:
         conflicts = {name: why for name in bundles
-                     if (why := conflict(clients[name], bundles[name])) is not None}
+                     if (why := conflict(name, live[name], bundles[name])) is not None}
         if conflicts:
             detail = "; ".join(f"{name}: {why}" for name, why in conflicts.items())
             raise CheckFailed(f"{WHAT} holds another CA on {', '.join(conflicts)} ({detail}); "
                               "nothing was pushed",
                               hint="--force replaces them after saving the current ones locally")
-    return {name: apply(clients[name], bundles[name], force=force, backup_dir=backup_dir)
-            for name in bundles}
+    return {name: apply(clients[name], bundles[name], force=force, backup_dir=backup_dir,
+                        live=live[name]) for name in bundles}

@@ -312,14 +312,19 @@ def contains(live: Any, desired: Any) -> bool:
     return live == desired
 
 
-def ensure(kube: Kube, obj: Mapping[str, Any]) -> str:
+UNREAD: Any = object()  # ``ensure(live=...)`` default: the caller has not read it
+
+
+def ensure(kube: Kube, obj: Mapping[str, Any], *, live: Any = UNREAD) -> str:
     """Create ``obj`` or bring the live one up to it; returns created/updated/unchanged.
 
     Reads first, writes only when a field we own differs (merge patch of our
-    fields), so a converged cluster sees GETs only.
+    fields), so a converged cluster sees GETs only.  A caller that has just read the
+    object passes it as ``live`` (``None``: absent) so it is not read twice.
     """
     path, what = object_path(obj), describe(obj)
-    live = kube.get(path, what=f"read {what}")
+    if live is UNREAD:
+        live = kube.get(path, what=f"read {what}")
     if live is None:
         try:
             kube.request("POST", path.rsplit("/", 1)[0], body=obj, what=f"create {what}")

@@ -191,7 +191,7 @@ def _write(k: kube.Kube, obj: dict[str, Any], live: dict[str, Any] | None) -> st
         k.request("PUT", kube.object_path(obj), body=body,
                   what=f"replace {kube.describe(obj)}")
         return "replaced"
-    return kube.ensure(k, obj)
+    return kube.ensure(k, obj, live=live)
 
 
 def apply(config: Config, opts: Options) -> Result:
