@@ -330,6 +330,7 @@ def teardown(config: Config, plan: Plan, *,
             istio.run(ctl, config.clusters[name], ["uninstall", "--purge", "-y"],
                       what="istioctl uninstall")
             removed.append(f"{name}: Istio (istioctl uninstall --purge)")
+        removed.extend(f"{name}: {what}" for what in install.purge_istio_crds(k))
         for doc in (*manifests.split(manifests.install_record({})),
                     {"apiVersion": "v1", "kind": "Secret",
                      "metadata": {"name": "cacerts", "namespace": "istio-system"}}):

@@ -127,6 +127,35 @@ def wait_namespace_gone_if_terminating(k: kube.Kube, *, timeout: float = 180.0,
                       interval=1.0)
 
 
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def istio_crds(k: kube.Kube) -> list[dict]:
+    return [crd for crd in k.items(CRDS, what="list CustomResourceDefinitions")
+            if crd["spec"]["group"].endswith("istio.io")]
+
+
+def purge_istio_crds(k: kube.Kube, *, timeout: float = 120.0) -> list[str]:
+    """Delete any Istio CRD ``istioctl uninstall --purge`` left, then wait until none is.
+
+    uninstall does not always finish this (seen on the sandbox: one CRD of a remote-
+    profile cluster left behind), and a teardown must leave nothing of the mesh.
+    """
+    deleted = []
+    for crd in istio_crds(k):
+        if not crd["metadata"].get("deletionTimestamp") and kube.delete(k, {
+                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": crd["metadata"]["name"]}}):
+            deleted.append(f"CustomResourceDefinition {crd['metadata']['name']}")
+
+    def check() -> str | None:
+        left = [crd["metadata"]["name"] for crd in istio_crds(k)]
+        return f"still there: {', '.join(left)}" if left else None
+
+    kube.wait_for(f"{k.cluster}: Istio CRDs deleted", check, timeout=timeout, interval=1.0)
+    return deleted
+
+
 def _loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
