@@ -330,7 +330,8 @@ def teardown(config: Config, plan: Plan, *,
             istio.run(ctl, config.clusters[name], ["uninstall", "--purge", "-y"],
                       what="istioctl uninstall")
             removed.append(f"{name}: Istio (istioctl uninstall --purge)")
-        removed.extend(f"{name}: {what}" for what in install.purge_istio_crds(k))
+        removed.extend(f"{name}: {what}"
+                       for what in install.purge_istio_crds(k, progress=progress))
         for doc in (*manifests.split(manifests.install_record({})),
                     {"apiVersion": "v1", "kind": "Secret",
                      "metadata": {"name": "cacerts", "namespace": "istio-system"}}):
