@@ -76,7 +76,10 @@ BUILDS = (
                            "k8s.io/kubernetes/cmd/kube-scheduler"),
             ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
             _kube_ldflags(KUBERNETES_VERSION)),
-    GoBuild("istioctl", ("istio.io/istio/istioctl/cmd/istioctl",), ("istioctl",),
+    # istiod (pilot-discovery) comes from the same module and version as istioctl.
+    GoBuild("istioctl", ("istio.io/istio/istioctl/cmd/istioctl",
+                         "istio.io/istio/pilot/cmd/pilot-discovery"),
+            ("istioctl", "pilot-discovery"),
             f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}"),
 )
 BINARIES = tuple(out for b in BUILDS for out in b.outputs)

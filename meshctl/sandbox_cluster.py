@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import urllib.request
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from meshctl import files, pki
-from meshctl.errors import ClusterError
+from meshctl.errors import ClusterError, UsageError
 from meshctl.sandbox_api import Api
 from meshctl.sandbox_procs import Proc, WaitTimeout, alive, exit_code, spawn, tail, wait_for
 
@@ -66,7 +67,7 @@ class ClusterPlan:
 
     @property
     def ip(self) -> str:
-        return f"127.0.0.{10 + self.index}"
+        return node_ip(self.index)
 
     @property
     def server(self) -> str:
@@ -74,12 +75,12 @@ class ClusterPlan:
 
     @property
     def service_cidr(self) -> str:
-        return f"127.{100 + self.index}.0.0/16"
+        return f"127.{100 + 10 * slot() + self.index}.0.0/16"
 
     @property
     def service_ip(self) -> str:
         """The ``kubernetes`` Service's ClusterIP: the first address of the range."""
-        return f"127.{100 + self.index}.0.1"
+        return f"127.{100 + 10 * slot() + self.index}.0.1"
 
     @property
     def pod_cidr(self) -> str:
@@ -108,8 +109,26 @@ def free_port(ip: str) -> int:
         return int(s.getsockname()[1])
 
 
+def slot() -> int:
+    """``$MESHCTL_SANDBOX_SLOT`` (0-9, default 0): which loopback addresses a sandbox uses.
+
+    Cluster *i* of slot *s* listens on 127.0.s.(10+i) and has the Service range
+    127.(100+10s+i).0.0/16, so sandboxes in different slots (two developers, or two test
+    runs, on one machine) never bind the same ClusterIP or node address.
+    """
+    raw = os.environ.get("MESHCTL_SANDBOX_SLOT", "0")
+    if not raw.isdigit() or int(raw) > 9:
+        raise UsageError(f"MESHCTL_SANDBOX_SLOT={raw!r}: expected a number from 0 to 9")
+    return int(raw)
+
+
+def node_ip(index: int) -> str:
+    """Cluster ``index``'s own loopback address (API server, LoadBalancer, kubelet)."""
+    return f"127.0.{slot()}.{10 + index}"
+
+
 def plan(state_dir: Path, index: int, shape: Shape) -> ClusterPlan:
-    ip = f"127.0.0.{10 + index}"
+    ip = node_ip(index)
     ports: list[int] = []
     while len(ports) < 3:
         port = free_port(ip)
