@@ -1,0 +1,57 @@
+"""What meshctl owns on a cluster, and how it knows: labels, the install record, istioctl's
+owning-resource label.
+
+Clusters are shared.  meshctl may change or delete only what it made, so "did meshctl
+make this?" must have one answer, asked in one place:
+
+- Objects meshctl creates carry ``app.kubernetes.io/managed-by: meshctl`` and
+  ``meshctl.io/mesh: <meshID>``.  An object that existed before meshctl never gets them.
+- Istio itself is installed by istioctl, which labels what it renders with
+  ``install.operator.istio.io/owning-resource: <IstioOperator name>``.  meshctl names its
+  IstioOperators ``meshctl-<cluster>`` and ``meshctl-eastwest-<cluster>``; an istiod,
+  gateway or webhook with another owning resource (or none) was installed by someone else.
+- The install record (ConfigMap ``istio-system/meshctl-install``) says what meshctl did on
+  the cluster that labels alone cannot: whether it created ``istio-system`` (its uid), the
+  labels it set on namespaces it does not own and their previous values, the istioctl
+  version and the hash of each IstioOperator it installed.
+
+Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "meshctl"
+MESH = "meshctl.io/mesh"
+OWNING_RESOURCE = "install.operator.istio.io/owning-resource"
+FIELD_MANAGER = "meshctl"
+
+
+def labels(mesh_id: str) -> dict[str, str]:
+    """The labels every object meshctl creates carries."""
+    return {MANAGED_BY: MANAGER, MESH: mesh_id}
+
+
+def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("labels") or {}
+
+
+def is_managed(obj: Mapping[str, Any] | None, mesh_id: str | None = None) -> bool:
+    """True when ``obj`` carries meshctl's managed-by label (and, if given, this mesh's)."""
+    found = _labels(obj)
+    if found.get(MANAGED_BY) != MANAGER:
+        return False
+    return mesh_id is None or found.get(MESH) in (None, mesh_id)
+
+
+def operator_names(cluster: str) -> tuple[str, ...]:
+    """The IstioOperator names meshctl installs on ``cluster`` (control plane, gateway)."""
+    return (f"meshctl-{cluster}", f"meshctl-eastwest-{cluster}")
+
+
+def installed_by_meshctl(obj: Mapping[str, Any] | None, cluster: str) -> bool:
+    """True when istioctl rendered ``obj`` from one of meshctl's IstioOperators."""
+    return _labels(obj).get(OWNING_RESOURCE) in operator_names(cluster)
