@@ -33,7 +33,11 @@ CA_KEY = "ca-key.pem"
 CERT_CHAIN = "cert-chain.pem"
 CACERTS_FILES = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
 ISTIOD_SAN = "istiod.istio-system.svc"
-BACKUPS = "backups"  # <ca.dir>/backups/: local and in-cluster CA material before replacing it
+# <ca.dir>/backups/: every copy of CA material meshctl makes before replacing it, one layout:
+#   root.backup-<time>/        root-cert.pem + root-key.pem (certs.init --force)
+#   <cluster>.backup-<time>/   a cluster's four local files (re-issue, rotation)
+#   <cluster>/cacerts-<time>.yaml   a live cacerts Secret replaced with --force
+BACKUPS = "backups"
 NEXT_ROOT = "next-root"  # <ca.dir>/next-root/: the new root while a root rotation runs
 
 
@@ -200,25 +204,28 @@ def root_exists(settings: CASettings) -> bool:
 
 
 def write_root(settings: CASettings, root: RootCA) -> None:
-    """Key first (0600), then certificate: a crash never leaves a cert without its key."""
+    """Key (0600) and certificate together (:func:`files.write_all`): a full disk or a
+    read-only ``ca.dir`` leaves neither, and a crash never a cert without its key (the
+    key is renamed into place first)."""
     cert_path, key_path = root_paths(settings)
-    settings.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    files.write_atomic(key_path, pki.key_pem(root.key), mode=files.PRIVATE)
-    files.write_atomic(cert_path, pki.cert_pem(root.cert), mode=files.PUBLIC)
+    files.write_all({key_path: (pki.key_pem(root.key), files.PRIVATE),
+                     cert_path: (pki.cert_pem(root.cert), files.PUBLIC)})
 
 
 def init_root(settings: CASettings, *, force: bool = False) -> tuple[RootCA, Path | None]:
     """Create the root CA in ``ca.dir``; never over an existing one unless ``force``.
 
-    With ``force`` the whole CA folder is first copied to a timestamped backup beside
-    it, which is returned.
+    With ``force`` the old root's key and certificate are first copied to
+    ``<ca.dir>/backups/root.backup-<time>/`` (0700 folder, the key stays 0600), which
+    is returned: the root key never leaves ``ca.dir``, not even as a backup.
     """
     backup = None
     if root_exists(settings):
         if not force:
             raise UsageError(f"a root CA already exists in {settings.dir}; refusing to "
                              "overwrite it (hint: --force backs it up first)")
-        backup = files.backup_dir(settings.dir)
+        backup = files.backup_dir(settings.dir, into=backups_dir(settings), name="root",
+                                  only=(ROOT_CERT, ROOT_KEY))
     root = make_root(settings)
     write_root(settings, root)
     return root, backup
@@ -254,19 +261,24 @@ def replace_bundle(settings: CASettings, bundle: Bundle) -> dict[str, Path]:
     to ``<ca.dir>/backups/<cluster>.backup-<time>/`` (CA material is never dropped)."""
     directory = cluster_dir(settings, bundle.cluster)
     if (directory / CA_CERT).exists():
-        backups_dir(settings).mkdir(parents=True, exist_ok=True, mode=0o700)
         files.backup_dir(directory, into=backups_dir(settings))
     return write_bundle(directory, bundle)
 
 
 def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Path]:
-    """Write the four files; ``ca-key.pem`` 0600, the rest 0644; each atomically."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    written = {}
-    for fname, data in bundle.files().items():
-        mode = files.PRIVATE if fname == CA_KEY else files.PUBLIC
-        written[fname] = files.write_atomic(directory / fname, data, mode=mode)
-    return written
+    """Write the four files, all or none; ``ca-key.pem`` 0600, the rest 0644."""
+    _mkdir_private(directory)
+    payload = {directory / fname: (data, files.PRIVATE if fname == CA_KEY else files.PUBLIC)
+               for fname, data in bundle.files().items()}
+    files.write_all(payload)
+    return {path.name: path for path in payload}
+
+
+def _mkdir_private(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise files.WriteFailed(f"{directory}: cannot create: {e.strerror}") from None
 
 
 def bundle_from_files(cluster: str, data: dict[str, bytes]) -> Bundle:
@@ -309,7 +321,7 @@ def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tup
     if existing is not None:
         if chain_problem(existing, root.cert) is None:
             return existing, False
-        files.backup_dir(directory)  # never replace CA material without a copy
+        files.backup_dir(directory, into=backups_dir(settings))  # never without a copy
     bundle = make_intermediate(root, cluster, settings)
     write_bundle(directory, bundle)
     return bundle, True

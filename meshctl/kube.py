@@ -30,10 +30,12 @@ from urllib.parse import quote, urlencode
 
 import tenacity
 import urllib3
+import yaml
 from kubernetes import config as kube_config
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, ApiException, Configuration
 from kubernetes.config.config_exception import ConfigException
 
+from meshctl import connection, files
 from meshctl.config import Cluster
 from meshctl.errors import ClusterError, ConfigError, one_line
 
@@ -174,9 +176,13 @@ class Kube:
             response = self.api.call_api(method, url, header_params=headers, body=payload,
                                          _request_timeout=REQUEST_TIMEOUT)
             raw = response.read()
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise Unreachable(f"{self.cluster}: {what or path}: API server {self.server} not "
-                              f"reachable ({type(e).__name__})") from None
+        except (urllib3.exceptions.HTTPError, OSError, ApiException) as e:
+            # ApiException here is the REST layer's status 0: TLS failed (its ssl error is
+            # down the chain); connection.explain says which, in words, and if retrying helps
+            cause, transient = connection.explain(e)
+            kind = Unreachable if transient else connection.ConnectFailed
+            raise kind(f"{self.cluster}: {what or path}: API server {self.server}: "
+                       f"{cause}") from None
         if 200 <= response.status < 300:
             return json.loads(raw) if raw else None
         reason = _reason(raw, response.status)
@@ -222,14 +228,23 @@ class Kube:
 def client(cluster: Cluster, *, deadline: float = DEFAULT_DEADLINE) -> Kube:
     """A :class:`Kube` for the cluster file's kubeconfig and context.
 
+    The operator's own kubeconfig goes through ``kubernetes.config`` (exec plugins and
+    client certificates must work there); it writes ``client-key-data`` to files,
+    because Python's ``ssl`` loads keys only from files, so they go to meshctl's 0700
+    per-process scratch folder (:func:`meshctl.files.scratch_dir`), never to /tmp.
+    A kubeconfig read from a cluster never comes here: see :func:`client_from`.
+
     A missing kubeconfig or context is a configuration error (exit 2) naming the
     cluster file; the kubeconfig's contents never appear in the message.
     """
     path = kubeconfig_path(cluster)
     try:
-        api = kube_config.new_client_from_config(config_file=path, context=cluster.context,
-                                                 persist_config=False)
-    except ConfigException as e:
+        cfg = Configuration()
+        kube_config.load_kube_config(config_file=path, context=cluster.context,
+                                     client_configuration=cfg, persist_config=False,
+                                     temp_file_path=str(files.scratch_dir()))
+        api = ApiClient(configuration=cfg)
+    except (ConfigException, yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
         text = str(e)
         if "context" in text.lower() and cluster.context in text:
             detail = f"context {cluster.context!r} not found"
@@ -243,6 +258,25 @@ def client(cluster: Cluster, *, deadline: float = DEFAULT_DEADLINE) -> Kube:
                           f"{path or '$KUBECONFIG'}: {e.strerror}") from None
     api.configuration.retries = False  # our policy is the only retry policy
     return Kube(cluster=cluster.name, api=api, deadline=deadline)
+
+
+def client_from(cluster: str, *, server: str, ca_pem: bytes, token: str,
+                tls_server_name: str | None = None,
+                deadline: float = DEFAULT_DEADLINE) -> Kube:
+    """A :class:`Kube` built by hand from values a cluster handed us (a remote secret).
+
+    No ``kubernetes.config`` loader sees them, so nothing can name a command to run or
+    a file to read: the server, its CA (in memory, no file), an optional TLS server
+    name and a bearer token are all there is.  Parse first with
+    :mod:`meshctl.remote_kubeconfig`.
+    """
+    cfg = Configuration(host=server, ca_cert_data=ca_pem.decode("ascii"),
+                        api_key={"BearerToken": token},
+                        api_key_prefix={"BearerToken": "Bearer"},
+                        tls_server_name=tls_server_name or None)
+    cfg.verify_ssl = True
+    cfg.retries = False  # our policy is the only retry policy
+    return Kube(cluster=cluster, api=ApiClient(configuration=cfg), deadline=deadline)
 
 
 def _reason(raw: bytes, status: int) -> str:

@@ -5,9 +5,11 @@ whose kubeconfig carries the token of ``istio-reader-service-account`` (read-onl
 ClusterRole: never the operator's own credentials).  meshctl keeps that output in
 memory, checks it before anything is applied (one Secret, the multicluster label,
 the cluster annotation, the server it points at, no loopback address unless the
-cluster file asked for it) and applies it to the main through the API.  The token
-never touches disk, logs or error messages; ``repr`` of a :class:`RemoteSecret`
-shows names only.
+cluster file asked for it; the kubeconfig inside passes the allow-list of
+:mod:`meshctl.remote_kubeconfig`: one server and its CA, one inline token, nothing
+that runs a command or reads a file) and applies it to the main through the API.
+The token never touches disk, logs or error messages; ``repr`` of a
+:class:`RemoteSecret` shows names only.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from meshctl import istio, kube
+from meshctl import istio, kube, ownership, remote_kubeconfig
 from meshctl.config import Cluster
 from meshctl.errors import ClusterError, UsageError
 
@@ -84,74 +84,82 @@ class RemoteSecret:
     user: str
     body: dict[str, Any] = field(repr=False)
 
-    def kubeconfig(self) -> dict[str, Any]:
-        """The decoded kubeconfig (with its token) for checks that must use it."""
-        return yaml.safe_load(base64.b64decode(self.body["data"][self.source]))
+    def kubeconfig(self) -> remote_kubeconfig.RemoteKubeconfig:
+        """The kubeconfig's allowed values (with its token) for checks that must use it."""
+        return remote_kubeconfig.from_secret(self.body, self.source,
+                                             f"{self.source}: remote secret")
 
 
-def parse(text: str, *, source: str, server: Server) -> RemoteSecret:
+def parse(text: str, *, source: str, server: Server,
+          mesh_id: str | None = None) -> RemoteSecret:
     """Check istioctl's output and turn it into an API-ready Secret (``data``, base64).
 
-    Every failure message names what was wrong, never the content.
+    The kubeconfig inside goes through :mod:`meshctl.remote_kubeconfig`'s allow-list,
+    the same one ``verify`` and ``status`` use on what they read back.  Every failure
+    message names what was wrong, never the content.
     """
     where = f"{source}: create-remote-secret output"
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d]
-    except yaml.YAMLError:
-        raise ClusterError(f"{where} is not YAML") from None
-    if len(docs) != 1 or docs[0].get("kind") != "Secret":
-        kinds = ", ".join(str(d.get("kind")) for d in docs) or "nothing"
+    docs = remote_kubeconfig.load_yaml_all(text, where)
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != "Secret":
+        kinds = ", ".join(str(d.get("kind")) if isinstance(d, dict) else type(d).__name__
+                          for d in docs) or "nothing"
         raise ClusterError(f"{where}: expected one Secret, got {kinds}")
     secret = docs[0]
     meta = secret.get("metadata") or {}
-    if (meta.get("labels") or {}).get(LABEL) != "true":
+    if not isinstance(meta, dict) or (meta.get("labels") or {}).get(LABEL) != "true":
         raise ClusterError(f"{where}: label {LABEL}=true missing")
     if (meta.get("annotations") or {}).get(ANNOTATION) != source:
         raise ClusterError(f"{where}: annotation {ANNOTATION} is not {source!r}")
-    raw = (secret.get("stringData") or {}).get(source)
-    if raw is None and source in (secret.get("data") or {}):
-        raw = base64.b64decode(secret["data"][source]).decode()
+    where = f"{where} (Secret {NAMESPACE}/{secret_name(source)})"
+    string_data = secret.get("stringData") or {}
+    data = secret.get("data") or {}
+    if not isinstance(string_data, dict) or not isinstance(data, dict):
+        raise ClusterError(f"{where}: stringData/data is not a mapping")
+    keys = sorted(str(k) for k in {**string_data, **data})
+    if keys != [source]:
+        extra = [k for k in keys if k != source]
+        raise ClusterError(f"{where}: expected one kubeconfig under key {source!r}, found "
+                           f"{', '.join(repr(k[:40]) for k in extra) or 'none'}")
+    raw = string_data.get(source)
     if raw is None:
-        raise ClusterError(f"{where}: no kubeconfig under key {source!r}")
-    try:
-        config = yaml.safe_load(raw)
-        servers = [c["cluster"]["server"] for c in config["clusters"]]
-        users = config["users"]
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise ClusterError(f"{where}: the kubeconfig inside is malformed") from None
-    if servers != [server.url]:
-        raise ClusterError(f"{where}: kubeconfig points at {', '.join(servers)}, "
+        try:
+            raw = base64.b64decode(str(data[source]), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ClusterError(f"{where}: data key {source!r} is not base64 text") from None
+    if not isinstance(raw, str):
+        raise ClusterError(f"{where}: key {source!r} is not text")
+    config = remote_kubeconfig.parse(raw, f"{where} key {source}")
+    if config.server != server.url:
+        raise ClusterError(f"{where}: kubeconfig points at {config.server}, "
                            f"expected {server.url}")
     if is_loopback(server.url) and not server.explicit:
         raise UsageError(f"{where}: kubeconfig points at loopback {server.url}",
                          hint="set apiServer in the cluster file or pass --server")
-    if len(users) != 1 or not (users[0].get("user") or {}).get("token"):
-        raise ClusterError(f"{where}: expected one user with a service account token")
-    user_fields = set(users[0]["user"])
-    if user_fields - {"token"}:
-        # client certificates or exec plugins would be the operator's own credentials
-        raise ClusterError(f"{where}: the kubeconfig carries credentials other than a "
-                           f"service account token ({', '.join(sorted(user_fields))})")
+    labels = {**{k: v for k, v in (meta.get("labels") or {}).items()
+                 if isinstance(k, str) and isinstance(v, str)},
+              **(ownership.labels(mesh_id) if mesh_id else
+                 {ownership.MANAGED_BY: ownership.MANAGER})}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if isinstance(k, str) and isinstance(v, str)}
     body = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": secret.get("type", "Opaque"),
+        "type": secret.get("type", "Opaque") if isinstance(secret.get("type"), str)
+        else "Opaque",
         "metadata": {"name": secret_name(source), "namespace": NAMESPACE,
-                     "labels": {**(meta.get("labels") or {}),
-                                "app.kubernetes.io/managed-by": "meshctl"},
-                     "annotations": meta.get("annotations") or {}},
+                     "labels": labels, "annotations": annotations},
         "data": {source: base64.b64encode(raw.encode()).decode()},
     }
-    return RemoteSecret(source=source, server=server.url, user=users[0].get("name", ""),
-                        body=body)
+    return RemoteSecret(source=source, server=server.url, user=config.user_name, body=body)
 
 
-def create(istioctl: istio.Istioctl, remote: Cluster, server: Server) -> RemoteSecret:
+def create(istioctl: istio.Istioctl, remote: Cluster, server: Server, *,
+           mesh_id: str | None = None) -> RemoteSecret:
     """Run ``istioctl create-remote-secret`` against ``remote``; output stays in memory."""
     out = istio.run(istioctl, remote, ["create-remote-secret", "--name", remote.name,
                                        "--server", server.url],
                     what="create-remote-secret", timeout=120)
-    return parse(out, source=remote.name, server=server)
+    return parse(out, source=remote.name, server=server, mesh_id=mesh_id)
 
 
 def apply(main: kube.Kube, secret: RemoteSecret) -> str:

@@ -55,9 +55,18 @@ def status_table(rows: list[Any]) -> Table:
                           "", "", "")
             continue
         days = "-" if r.cert_days_left is None else f"{r.cert_days_left:.0f}"
+        links = ", ".join(r.links) or "-"
+        refused = getattr(r, "link_errors", ())
+        if refused:
+            links += f"\n[red]{len(refused)} remote secret(s) refused[/red]"
         table.add_row(r.name, r.role, r.network, r.istio_version or "-",
-                      ", ".join(r.links) or "-", r.east_west_address or "-", days)
+                      links, r.east_west_address or "-", days)
     return table
+
+
+def status_notes(rows: list[Any]) -> list[str]:
+    """Lines under the status table: every refused remote secret, with the field."""
+    return [f"❌ {line}" for r in rows for line in getattr(r, "link_errors", ())]
 
 
 # --- certs.status (issue 6) ------------------------------------------------------------
@@ -176,11 +185,14 @@ def verify_summary(result: Any) -> list[str]:
     if t.checked:
         for a in t.answers:
             lines.append(f"answers from {a.version} on {a.cluster}: {a.count}")
-        lines.append(f"traffic checked: {t.sent} requests from {t.client}, {t.errors} errors")
+        for f in t.failures:
+            lines.append(f"failed: {f.count}× {f.reason}")
+        lines.append(f"traffic checked: {t.sent} of {t.requests} requests sent from "
+                     f"{t.client}, {t.errors} errors")
     else:
         lines.append(f"❌ {t.reason}")
     if result.kept:
-        lines.append("--keep: the sample apps stay in namespace sample")
+        lines.append(f"--keep: the sample apps stay in namespace {result.namespace}")
     elif result.cleanup:
         lines.append(f"removed {len(result.cleanup)} sample objects")
     static = "passed" if result.static_passed else "FAILED"

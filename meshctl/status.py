@@ -1,7 +1,13 @@
 """The mesh as it is now, read from the live clusters: one row per cluster.
 
 Data first (``ClusterStatus``), rendering in ``report``.  Read-only: only GETs and
-LISTs, and one unreachable cluster is a row that says so, not a failed command.
+LISTs.  One unreachable cluster is a row that says so (why, in words: TLS, DNS,
+refused, timed out) and the others are still read; the task then exits 3.
+
+Each remote secret's kubeconfig is checked by :mod:`meshctl.remote_kubeconfig`'s
+allow-list (never given to a loader): a link whose secret carries an exec plugin, a
+file path, other credentials or no kubeconfig at all is listed under ``link_errors``
+with the Secret and the field, not as a working link.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshctl import cacerts, certs, install, kube, remote_secret
+from meshctl import cacerts, certs, install, kube, remote_kubeconfig, remote_secret
 from meshctl.config import Config
 from meshctl.errors import MeshctlError
 
@@ -23,6 +29,7 @@ class ClusterStatus:
     reachable: bool
     istio_version: str | None = None  # istiod's image tag; None: no istiod
     links: tuple[str, ...] = field(default=())  # clusters whose remote secret it holds
+    link_errors: tuple[str, ...] = field(default=())  # remote secrets refused, and why
     cert_days_left: float | None = None
     east_west_address: str | None = None
     error: str | None = None
@@ -46,13 +53,24 @@ def _istio_version(k: kube.Kube, config: Config) -> str | None:
     return image.rsplit(":", 1)[-1] if ":" in image else image or "unknown"
 
 
-def _links(k: kube.Kube) -> tuple[str, ...]:
+def _links(k: kube.Kube) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sources of usable remote secrets, one line per refused one)."""
     selector = {"labelSelector": f"{remote_secret.LABEL}=true"}
-    found = []
-    for s in k.items("/api/v1/namespaces/istio-system/secrets", query=selector):
+    found, refused = [], []
+    for s in k.items(f"/api/v1/namespaces/{remote_secret.NAMESPACE}/secrets", query=selector):
+        name = s["metadata"]["name"]
         source = (s["metadata"].get("annotations") or {}).get(remote_secret.ANNOTATION)
-        found.append(source or s["metadata"]["name"])
-    return tuple(sorted(found))
+        where = f"{k.cluster}: Secret {remote_secret.NAMESPACE}/{name}"
+        if not isinstance(source, str) or not source:
+            refused.append(f"{where}: no {remote_secret.ANNOTATION} annotation")
+            continue
+        try:
+            remote_kubeconfig.from_secret(s, source, where)
+        except remote_kubeconfig.Refused as e:
+            refused.append(e.message)
+            continue
+        found.append(source)
+    return tuple(sorted(found)), tuple(refused)
 
 
 def one(config: Config, name: str) -> ClusterStatus:
@@ -61,8 +79,10 @@ def one(config: Config, name: str) -> ClusterStatus:
     try:
         k = kube.client(cluster, deadline=15)
         bundle = cacerts.read(k)
+        links, link_errors = _links(k)
         return ClusterStatus(
-            **base, reachable=True, istio_version=_istio_version(k, config), links=_links(k),
+            **base, reachable=True, istio_version=_istio_version(k, config), links=links,
+            link_errors=link_errors,
             cert_days_left=round(certs.days_left(bundle.ca_cert), 1) if bundle else None,
             east_west_address=install.east_west_address(k, cluster))
     except MeshctlError as e:

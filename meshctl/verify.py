@@ -9,9 +9,13 @@ Two halves, each a list of :class:`Check` (one per JUnit testcase):
   chains to one root (``cert_status``); east-west gateways have addresses where the
   plan needs them; istiod is Available on every primary.
 - traffic: Istio's helloworld (v1 on the main, v2 on every remote) and a curl client
-  in an injected ``sample`` namespace; wait for them; then N requests from the client
-  through the pods/exec API, counting answers by version and cluster.  Success needs
-  an answer from every cluster.
+  in an injected namespace that meshctl owns (``meshctl-verify``, ``--namespace``; an
+  existing namespace of that name that meshctl did not make is refused before anything
+  is written); wait for them; then N requests from the client through the pods/exec
+  API.  Each request reports its own curl exit status and HTTP code between markers
+  (:func:`curl_script`), so "sent" is what was attempted and every failure is an error
+  with curl's own reason.  PASS needs every request answered and an answer from every
+  expected version and cluster.  Cleanup removes only meshctl's objects.
 
 A request that was not seen is never counted: when exec is impossible (the sandbox
 has simulated nodes, no container runs, so the API server cannot reach a kubelet)
@@ -21,14 +25,19 @@ that admits everything unchanged, so NO sidecar is injected; the sidecar check s
 so from what the pods contain.  When the static half fails, the traffic half is
 skipped (a broken mesh cannot carry it) and says why.
 
+A remote secret's kubeconfig is read through :mod:`meshctl.remote_kubeconfig`'s
+allow-list and the client is built from its values by hand: a Secret that names an
+exec plugin, a file or another credential is a FAIL naming the Secret and the field,
+and nothing of it runs.
+
 Data here; rendering in :mod:`meshctl.report`; :func:`junit_xml` is pure.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
+import shlex
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable
@@ -38,22 +47,35 @@ from typing import Any
 
 import yaml
 from kubernetes import client as k8s
-from kubernetes import config as kube_config
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
 
-from meshctl import cert_status, install, kube, manifests, remote_secret
+from meshctl import (
+    cert_status,
+    install,
+    kube,
+    manifests,
+    ownership,
+    remote_kubeconfig,
+    remote_secret,
+)
 from meshctl.config import Config
-from meshctl.errors import MeshctlError, one_line
+from meshctl.errors import CheckFailed, MeshctlError, one_line
 from meshctl.topology import Link, Plan
 
 SCHEMA = "meshctl.verify/v1"
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
-SAMPLE_NS = "sample"
-TARGET = f"helloworld.{SAMPLE_NS}:5000/hello"
+DEFAULT_NAMESPACE = "meshctl-verify"
 READY_TIMEOUT = 180.0
-EXEC_TIMEOUT = 60.0
+CURL_MAX_TIME = 5  # seconds per request
 ANSWER = re.compile(r"Hello version: (?P<version>[\w.-]+), instance: (?P<instance>[\w.-]+)")
+# per-request markers the curl script prints around each request (see curl_script)
+BEGIN, HTTP_CODE, EXIT = "@@meshctl-request ", "@@meshctl-http ", "@@meshctl-exit "
+
+
+def target(namespace: str) -> str:
+    """The helloworld URL the client asks, through the mesh (the Service's short name)."""
+    return f"helloworld.{namespace}:5000/hello"
 
 Progress = Callable[[str, str], None]  # (cluster, message)
 
@@ -86,22 +108,33 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Requests that failed the same way; ``reason`` is curl's own words (or the HTTP
+    status and the start of the body), from the first such request."""
+
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
 class Traffic:
     """What the requests showed.  ``checked`` is False unless requests really ran."""
 
     checked: bool
     client: str | None  # cluster/pod the requests came from
     requests: int  # asked for
-    sent: int  # actually sent (0 when exec was impossible)
+    sent: int  # attempted, as the client reported them (0 when exec was impossible)
     answers: tuple[Answer, ...] = ()
-    errors: int = 0
+    errors: int = 0  # attempted requests that got no helloworld answer
     reason: str | None = None  # why traffic was not checked
+    failures: tuple[Failure, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"checked": self.checked, "client": self.client, "requests": self.requests,
                 "sent": self.sent, "errors": self.errors, "reason": self.reason,
                 "answers": [{"version": a.version, "cluster": a.cluster, "count": a.count}
-                            for a in self.answers]}
+                            for a in self.answers],
+                "failures": [{"reason": f.reason, "count": f.count} for f in self.failures]}
 
 
 @dataclass(frozen=True)
@@ -112,6 +145,7 @@ class Result:
     traffic: Traffic
     kept: bool = False  # --keep: the sample apps were left in place
     cleanup: tuple[str, ...] = field(default=())  # what was removed afterwards
+    namespace: str = DEFAULT_NAMESPACE
 
     @property
     def passed(self) -> bool:
@@ -129,7 +163,7 @@ class Result:
                 "summary": {s: counts.get(s, 0) for s in (PASS, FAIL, SKIP)},
                 "checks": [c.to_json() for c in self.checks],
                 "traffic": self.traffic.to_json(), "kept": self.kept,
-                "cleanup": list(self.cleanup)}
+                "cleanup": list(self.cleanup), "namespace": self.namespace}
 
 
 # --- static half -------------------------------------------------------------------------
@@ -161,17 +195,14 @@ def check_link(config: Config, clients: dict[str, kube.Kube], link: Link) -> Che
         if labels.get(remote_secret.LABEL) != "true":
             return result(FAIL, f"{where} lacks label {remote_secret.LABEL}=true, so istiod "
                                 "ignores it", fix)
-        raw = (secret.get("data") or {}).get(link.source)
         try:
-            kubeconfig = yaml.safe_load(base64.b64decode(raw or ""))
-            server = kubeconfig["clusters"][0]["cluster"]["server"]
-            api = kube_config.new_client_from_config_dict(kubeconfig)
-        except Exception:  # never echo the content: it holds the token
-            return result(FAIL, f"{where}: no readable kubeconfig under key {link.source!r}",
-                          fix)
-        api.configuration.retries = False
-        via = kube.Kube(cluster=f"{link.source} (as {link.target}'s istiod)", api=api,
-                        deadline=15)
+            parsed = remote_kubeconfig.from_secret(secret, link.source, where)
+        except remote_kubeconfig.Refused as e:  # names the field, never its value
+            return result(FAIL, e.message, fix)
+        server = parsed.server
+        via = kube.client_from(f"{link.source} (as {link.target}'s istiod)",
+                               server=server, ca_pem=parsed.ca_pem, token=parsed.token,
+                               tls_server_name=parsed.tls_server_name, deadline=15)
         try:
             via.request("GET", "/version", what=f"GET {server}/version")
             review = via.request(
@@ -185,7 +216,7 @@ def check_link(config: Config, clients: dict[str, kube.Kube], link: Link) -> Che
             return result(FAIL, f"{where}: its kubeconfig does not reach {server}: "
                                 f"{e.message}")
         finally:
-            api.close()
+            via.api.close()
         user = (((review or {}).get("status") or {}).get("userInfo") or {}).get("username", "?")
         return result(PASS, f"{where} present; its token reaches {server} as {user}")
 
@@ -282,30 +313,60 @@ def static_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube]) -> 
 # --- traffic half ------------------------------------------------------------------------
 
 
-def sample_manifests(config: Config, plan: Plan) -> dict[str, list[dict[str, Any]]]:
-    """Per cluster, the objects the traffic half applies (pure): main v1 + curl, remotes v2."""
+def sample_manifests(config: Config, plan: Plan,
+                     namespace: str = DEFAULT_NAMESPACE) -> dict[str, list[dict[str, Any]]]:
+    """Per cluster, the objects the traffic half applies (pure): main v1 + curl, remotes v2.
+
+    Every one carries meshctl's ownership labels, the namespace first.
+    """
     out = {}
+    mesh_id = config.mesh.mesh_id
     for c in plan.clusters:
-        text = manifests.render("sample-namespace.yaml.j2", namespace=SAMPLE_NS,
-                                revision=config.mesh.istio.revision)
+        text = manifests.render("sample-namespace.yaml.j2", namespace=namespace,
+                                revision=config.mesh.istio.revision, mesh_id=mesh_id)
         text += "\n---\n" + manifests.render(
-            "helloworld.yaml.j2", namespace=SAMPLE_NS,
+            "helloworld.yaml.j2", namespace=namespace, mesh_id=mesh_id,
             versions=["v1"] if c.name == plan.main else ["v2"])
         if c.name == plan.main:
-            text += "\n---\n" + manifests.render("curl.yaml.j2", namespace=SAMPLE_NS)
+            text += "\n---\n" + manifests.render("curl.yaml.j2", namespace=namespace,
+                                                 mesh_id=mesh_id)
         out[c.name] = [d for d in yaml.safe_load_all(text) if d]
     return out
 
 
-def _namespace_gone(k: kube.Kube) -> str | None:
-    ns = k.get(f"/api/v1/namespaces/{SAMPLE_NS}", what=f"read Namespace {SAMPLE_NS}")
+def foreign_namespace(k: kube.Kube, namespace: str) -> str | None:
+    """Why verify must not use ``namespace`` on this cluster (it exists and meshctl did not
+    make it), or ``None``.  A cluster that cannot be read says nothing here: the static
+    checks report it, and the traffic half does not run."""
+    try:
+        ns = k.get(f"/api/v1/namespaces/{namespace}", what=f"read Namespace {namespace}")
+    except MeshctlError:
+        return None
+    if ns is None or ownership.is_managed(ns):
+        return None
+    return f"{k.cluster}: Namespace {namespace} exists and was not made by meshctl"
+
+
+def refuse_foreign(clients: dict[str, kube.Kube], namespace: str) -> None:
+    """Facts first: a namespace of that name that meshctl does not own on any cluster
+    stops verify before it writes anything anywhere (exit 1)."""
+    found = [why for k in clients.values() if (why := foreign_namespace(k, namespace))]
+    if found:
+        raise CheckFailed("; ".join(found) + "; verify deploys its sample only into a "
+                          "namespace it owns and leaves this one as it is",
+                          hint="pick another name with --namespace (default "
+                               f"{DEFAULT_NAMESPACE})")
+
+
+def _namespace_gone(k: kube.Kube, namespace: str) -> str | None:
+    ns = k.get(f"/api/v1/namespaces/{namespace}", what=f"read Namespace {namespace}")
     if ns is not None and (ns.get("status") or {}).get("phase") == "Terminating":
-        return f"{k.cluster}: namespace {SAMPLE_NS} still terminating (from an earlier run)"
+        return f"{k.cluster}: namespace {namespace} still terminating (from an earlier run)"
     return None
 
 
-def _pods(k: kube.Kube, selector: str) -> list[dict[str, Any]]:
-    return list(k.items(f"/api/v1/namespaces/{SAMPLE_NS}/pods",
+def _pods(k: kube.Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return list(k.items(f"/api/v1/namespaces/{namespace}/pods",
                         query={"labelSelector": selector}))
 
 
@@ -326,7 +387,7 @@ class ExecFailed(Exception):
 
 
 def exec_in_pod(k: kube.Kube, pod: str, container: str, command: list[str], *,
-                timeout: float = EXEC_TIMEOUT) -> ExecOutput:
+                namespace: str, timeout: float) -> ExecOutput:
     """``kubectl exec`` through the API (pods/exec over a websocket), on a fresh client.
 
     A fresh ApiClient because ``kubernetes.stream`` swaps the client's request method
@@ -335,7 +396,7 @@ def exec_in_pod(k: kube.Kube, pod: str, container: str, command: list[str], *,
     cfg = k.api.configuration
     api = k8s.ApiClient(configuration=cfg)
     try:
-        ws = stream(k8s.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, SAMPLE_NS,
+        ws = stream(k8s.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace,
                     container=container, command=command, stdin=False, stdout=True,
                     stderr=True, tty=False, _preload_content=False,
                     _request_timeout=timeout)
@@ -377,20 +438,118 @@ def _exit_code(status_text: str) -> int:
         f"pods/exec failed: {_short_urls(str(status.get('message', status_text)))}", 300))
 
 
-def count_answers(stdout: str, instances: dict[str, str]) -> tuple[tuple[Answer, ...], int]:
-    """Answers by (version, cluster) from helloworld's replies, and the lines that were not."""
-    counts: Counter[tuple[str, str]] = Counter()
-    errors = 0
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line:
+# --- counting requests -------------------------------------------------------------------
+
+
+def curl_script(url: str, requests: int, *, max_time: float = CURL_MAX_TIME) -> str:
+    """The shell loop run in the curl pod (POSIX sh: busybox in curlimages/curl).
+
+    Each request is framed by markers on their own lines: ``BEGIN n`` before it, curl's
+    body and its stderr (``2>&1``, so in order), ``HTTP_CODE`` from ``-w``, then
+    ``EXIT`` with curl's exit status.  A request counts as sent when its BEGIN line
+    arrived; one whose EXIT line never came is an error, never an answer.
+    """
+    return (f'i=0; while [ "$i" -lt {int(requests)} ]; do i=$((i+1)); '
+            f'echo "{BEGIN}$i"; '
+            f"curl -sS --max-time {max_time:g} -w '\\n{HTTP_CODE}%{{http_code}}\\n' "
+            f"{shlex.quote(url)} 2>&1; "
+            f'echo "{EXIT}$?"; done')
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What the client's output says happened, request by request."""
+
+    sent: int
+    answers: tuple[Answer, ...]
+    failures: tuple[Failure, ...]
+
+    @property
+    def errors(self) -> int:
+        return sum(f.count for f in self.failures)
+
+
+def _why(exit_code: int | None, http: str | None, lines: list[str]) -> str | None:
+    """``None`` for a helloworld answer, else the reason this request failed, in words."""
+    if exit_code is None:
+        return "no result: the output ended during the request"
+    if exit_code != 0:
+        said = next((ln for ln in lines if ln.startswith("curl: (")), None)
+        return one_line(said or f"curl exited {exit_code}", 200)
+    if http != "200":
+        body = next((ln for ln in lines if ln), "")
+        return one_line(f"HTTP {http or '?'}" + (f": {body[:80]}" if body else ""), 200)
+    if not any(ANSWER.search(ln) for ln in lines):
+        body = next((ln for ln in lines if ln), "(empty body)")
+        return one_line(f"HTTP 200 but not a helloworld answer: {body[:80]}", 200)
+    return None
+
+
+def count_requests(stdout: str, instances: dict[str, str]) -> Tally:
+    """Per request: an answer (by version and the cluster of the pod that gave it) or a
+    failure with its reason.  Lines before the first marker are ignored."""
+    answers: Counter[tuple[str, str]] = Counter()
+    failures: Counter[str] = Counter()
+    first_seen: dict[str, str] = {}
+    sent = 0
+    current: dict[str, Any] | None = None
+
+    def close(req: dict[str, Any] | None) -> None:
+        if req is None:
+            return
+        why = _why(req["exit"], req["http"], req["lines"])
+        if why is None:
+            m = next(m for ln in req["lines"] if (m := ANSWER.search(ln)))
+            answers[(m["version"], instances.get(m["instance"], "unknown"))] += 1
+        else:
+            key = re.sub(r"\d+", "N", why)  # "after 5002 ms" and "after 5001 ms" are one
+            first_seen.setdefault(key, why)
+            failures[key] += 1
+
+    for raw in stdout.splitlines():
+        line = raw.rstrip("\r")
+        if line.startswith(BEGIN):
+            close(current)
+            sent += 1
+            current = {"exit": None, "http": None, "lines": []}
+        elif current is None:
             continue
-        m = ANSWER.search(line)
-        if not m:
-            errors += 1
-            continue
-        counts[(m["version"], instances.get(m["instance"], "unknown"))] += 1
-    return tuple(Answer(v, c, n) for (v, c), n in sorted(counts.items())), errors
+        elif line.startswith(HTTP_CODE):
+            current["http"] = line[len(HTTP_CODE):].strip()
+        elif line.startswith(EXIT):
+            code = line[len(EXIT):].strip()
+            current["exit"] = int(code) if code.isdigit() else 255
+            close(current)
+            current = None
+        else:
+            current["lines"].append(line.strip())
+    close(current)
+    return Tally(sent=sent,
+                 answers=tuple(Answer(v, c, n) for (v, c), n in sorted(answers.items())),
+                 failures=tuple(Failure(first_seen[k], n) for k, n in failures.most_common()))
+
+
+def judge_traffic(tally: Tally, *, requests: int, expected: dict[str, str],
+                  client: str) -> tuple[str, str]:
+    """(PASS|FAIL, message): PASS only when every request was sent and answered and every
+    expected (cluster -> version) answered."""
+    summary = ", ".join(f"{a.version}@{a.cluster}: {a.count}" for a in tally.answers) or "none"
+    failed = "; ".join(f"{f.count}× {f.reason}" for f in tally.failures)
+    seen = {(a.cluster, a.version) for a in tally.answers}
+    missing = [f"{version}@{cluster}" for cluster, version in expected.items()
+               if (cluster, version) not in seen]
+    head = (f"{tally.sent} of {requests} requests sent from {client}: answers {summary}; "
+            f"{tally.errors} errors" + (f" ({failed})" if failed else ""))
+    problems = []
+    if tally.sent < requests:
+        problems.append(f"only {tally.sent} of {requests} requests were attempted")
+    if tally.errors:
+        problems.append(f"{tally.errors} request(s) got no answer")
+    if missing:
+        problems.append(f"no answer from {', '.join(missing)}")
+    if problems:
+        return FAIL, f"{head}; " + "; ".join(problems)
+    return PASS, f"{head}; every request answered, every cluster and version answered"
 
 
 class _Steps:
@@ -407,19 +566,22 @@ class _Steps:
 
 
 def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
-                   requests: int, timeout: float = READY_TIMEOUT,
+                   requests: int, namespace: str = DEFAULT_NAMESPACE,
+                   timeout: float = READY_TIMEOUT,
                    progress: Progress = _quiet) -> tuple[list[Check], Traffic]:
     """Deploy, wait, check sidecars, send requests.  Stops at the first step that fails."""
     steps = _Steps()
     not_checked = "traffic was NOT checked"
-    objs = sample_manifests(config, plan)
+    ns = namespace
+    objs = sample_manifests(config, plan, ns)
     try:
+        refuse_foreign(clients, ns)  # again, right before the first write
         for name in plan.names:
-            kube.wait_for(f"{name}: namespace {SAMPLE_NS} gone",
-                          lambda name=name: _namespace_gone(clients[name]), timeout=timeout,
-                          interval=2.0)
+            kube.wait_for(f"{name}: namespace {ns} gone",
+                          lambda name=name: _namespace_gone(clients[name], ns),
+                          timeout=timeout, interval=2.0)
             changed = [kube.ensure(clients[name], o) for o in objs[name]]
-            progress(name, f"sample apps in namespace {SAMPLE_NS}: "
+            progress(name, f"sample apps in namespace {ns}: "
                            f"{sum(a != 'unchanged' for a in changed)} objects written")
     except MeshctlError as e:
         steps.add("deploy samples", FAIL, e.message, hint=e.hint)
@@ -429,21 +591,21 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
                    for n in plan.names}
     steps.add("deploy samples", PASS, "; ".join(
         f"{n}: {', '.join(deployments[n])}" for n in plan.names)
-        + f" in namespace {SAMPLE_NS} (injection label set)")
+        + f" in namespace {ns} (injection label set)")
 
     try:
         for name in plan.names:
             for dep in deployments[name]:
-                kube.wait_for(f"{name}: Deployment {SAMPLE_NS}/{dep} Available",
+                kube.wait_for(f"{name}: Deployment {ns}/{dep} Available",
                               lambda name=name, dep=dep: install.deployment_problem(
-                                  clients[name], dep, namespace=SAMPLE_NS),
+                                  clients[name], dep, namespace=ns),
                               timeout=timeout, interval=2.0)
     except MeshctlError as e:
         steps.add("samples ready", FAIL, e.message,
-                  hint=f"kubectl -n {SAMPLE_NS} get pods,events on that cluster")
+                  hint=f"kubectl -n {ns} get pods,events on that cluster")
         return steps.checks, Traffic(False, None, requests, 0,
                                      reason=f"{not_checked}: the samples never became ready")
-    pods = {n: _pods(clients[n], "app in (helloworld,curl)") for n in plan.names}
+    pods = {n: _pods(clients[n], ns, "app in (helloworld,curl)") for n in plan.names}
     steps.add("samples ready", PASS, "; ".join(
         f"{n}: {len(pods[n])} pods Ready" for n in plan.names))
     progress(plan.main, "sample apps Ready")
@@ -453,7 +615,7 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
     if bare:
         steps.add("sidecars injected", FAIL,
                   f"no istio-proxy container in {len(bare)} pod(s) ({', '.join(bare[:4])}"
-                  f"{', …' if len(bare) > 4 else ''}) although namespace {SAMPLE_NS} is "
+                  f"{', …' if len(bare) > 4 else ''}) although namespace {ns} is "
                   "labelled for injection: the sidecar injector webhook did not inject",
                   hint="check the MutatingWebhookConfiguration istio-sidecar-injector and "
                        "istiod's logs")
@@ -467,11 +629,13 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
         steps.add("requests", FAIL, f"{not_checked}: no curl pod found on {plan.main}")
         return steps.checks, Traffic(False, None, requests, 0, reason="no curl pod")
     pod = clients_pods[0]["metadata"]["name"]
-    client = f"{plan.main}/{SAMPLE_NS}/{pod}"
-    script = (f"for i in $(seq {requests}); do curl -sS --max-time 5 {TARGET}; echo; done")
-    progress(plan.main, f"{requests} requests from {pod} to {TARGET} (pods/exec)")
+    client = f"{plan.main}/{ns}/{pod}"
+    url = target(ns)
+    progress(plan.main, f"{requests} requests from {pod} to {url} (pods/exec)")
     try:
-        output = exec_in_pod(clients[plan.main], pod, "curl", ["sh", "-c", script])
+        output = exec_in_pod(clients[plan.main], pod, "curl",
+                             ["sh", "-c", curl_script(url, requests)], namespace=ns,
+                             timeout=requests * (CURL_MAX_TIME + 1) + 30)
     except ExecFailed as e:
         reason = (f"{not_checked}: could not run curl in {client} through the pods/exec "
                   f"API ({e}); no request was sent, so no answer is reported")
@@ -479,34 +643,30 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
                   hint="verify needs pods that run containers and an API server that can "
                        "reach each node's kubelet for exec")
         return steps.checks, Traffic(False, client, requests, 0, reason=reason)
-    answers, errors = count_answers(output.stdout, instances)
-    answered = {a.cluster for a in answers}
-    missing = [n for n in plan.names if n not in answered]
-    traffic = Traffic(True, client, requests, requests, answers, errors)
-    summary = ", ".join(f"{a.version}@{a.cluster}: {a.count}" for a in answers) or "none"
-    if missing:
-        steps.add("requests", FAIL, f"{requests} requests from {client}: answers {summary}, "
-                                    f"{errors} errors; no answer from {', '.join(missing)}",
-                  hint="cross-cluster traffic needs remote secrets, a common root and, "
-                       "across networks, east-west gateways (see the static checks)")
-    else:
-        steps.add("requests", PASS, f"{requests} requests from {client}: answers {summary}, "
-                                    f"{errors} errors; every cluster answered")
-    return steps.checks, traffic
+    tally = count_requests(output.stdout, instances)
+    expected = {n: "v1" if n == plan.main else "v2" for n in plan.names}
+    status, message = judge_traffic(tally, requests=requests, expected=expected,
+                                    client=client)
+    steps.add("requests", status, message,
+              hint=None if status == PASS else
+              "cross-cluster traffic needs remote secrets, a common root and, across "
+              "networks, east-west gateways (see the static checks)")
+    return steps.checks, Traffic(True, client, requests, tally.sent, tally.answers,
+                                 tally.errors, failures=tally.failures)
 
 
-def cleanup(config: Config, plan: Plan, clients: dict[str, kube.Kube]) -> list[str]:
-    """Remove what the traffic half deployed; the namespace only if meshctl made it."""
+def cleanup(config: Config, plan: Plan, clients: dict[str, kube.Kube],
+            namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+    """Remove what the traffic half deployed: only objects carrying meshctl's label, and
+    the namespace only when meshctl made it (``kube.delete`` asks both times)."""
     removed = []
-    for name, objs in sample_manifests(config, plan).items():
+    for name, objs in sample_manifests(config, plan, namespace).items():
         k = clients[name]
-        ns = k.get(f"/api/v1/namespaces/{SAMPLE_NS}", what=f"read Namespace {SAMPLE_NS}")
+        ns = k.get(f"/api/v1/namespaces/{namespace}", what=f"read Namespace {namespace}")
         if ns is None:
             continue
-        managed = (ns["metadata"].get("labels") or {}).get(
-            "app.kubernetes.io/managed-by") == "meshctl"
         for obj in reversed(objs):
-            if obj["kind"] == "Namespace" and not managed:
+            if obj["kind"] == "Namespace" and not ownership.is_managed(ns):
                 continue
             if kube.delete(k, obj):
                 removed.append(f"{name}: {kube.describe(obj)}")
@@ -517,24 +677,31 @@ def cleanup(config: Config, plan: Plan, clients: dict[str, kube.Kube]) -> list[s
 
 
 def run(config: Config, plan: Plan, *, requests: int = 10, keep: bool = False,
-        timeout: float = READY_TIMEOUT, progress: Progress = _quiet) -> Result:
-    """Static half, then (only when it passed) the traffic half, then cleanup."""
+        namespace: str = DEFAULT_NAMESPACE, timeout: float = READY_TIMEOUT,
+        progress: Progress = _quiet) -> Result:
+    """Static half, then (only when it passed) the traffic half, then cleanup.
+
+    A ``namespace`` that exists on any cluster without meshctl's label stops verify
+    at once (:class:`CheckFailed`, exit 1), before anything is written.
+    """
     clients = {n: kube.client(config.clusters[n], deadline=30) for n in plan.names}
+    refuse_foreign(clients, namespace)
     progress(plan.main, "static checks …")
     checks = static_checks(config, plan, clients)
     if not all(c.status == PASS for c in checks):
         reason = "traffic was NOT checked: the static checks failed, so no sample was deployed"
         checks.append(Check("traffic", "requests", None, SKIP, reason))
         return Result(plan.main, plan.remotes, tuple(checks),
-                      Traffic(False, None, requests, 0, reason=reason))
+                      Traffic(False, None, requests, 0, reason=reason), namespace=namespace)
     traffic_list, traffic = traffic_checks(config, plan, clients, requests=requests,
-                                           timeout=timeout, progress=progress)
+                                           namespace=namespace, timeout=timeout,
+                                           progress=progress)
     removed: list[str] = []
     if not keep:
-        removed = cleanup(config, plan, clients)
+        removed = cleanup(config, plan, clients, namespace)
         progress(plan.main, f"removed {len(removed)} sample objects")
     return Result(plan.main, plan.remotes, tuple(checks + traffic_list), traffic, kept=keep,
-                  cleanup=tuple(removed))
+                  cleanup=tuple(removed), namespace=namespace)
 
 
 # --- JUnit -------------------------------------------------------------------------------

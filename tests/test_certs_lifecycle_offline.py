@@ -140,4 +140,4 @@ def test_status_with_unreachable_clusters_is_a_fail_row(tmp_path) -> None:
     assert "Traceback" not in result.stderr
     doc = _json.loads(result.stdout)
     assert [(c["name"], c["level"]) for c in doc["clusters"]] == [("c1", "FAIL"), ("c2", "FAIL")]
-    assert "not reachable" in doc["clusters"][0]["checks"][0]["message"]
+    assert "connection refused" in doc["clusters"][0]["checks"][0]["message"]

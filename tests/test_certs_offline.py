@@ -137,9 +137,10 @@ def test_expired_intermediate_is_replaced_with_backup(tmp_path: Path) -> None:
     assert "expired" in certs.chain_problem(old, root.cert)
     new, created = certs.ensure_intermediate(root, "c1", s)
     assert created and new.ca_cert != old.ca_cert
-    backups = list(s.dir.glob("c1.backup-*"))
+    backups = list((s.dir / "backups").glob("c1.backup-*"))
     assert len(backups) == 1
     assert certs.load_bundle(backups[0], "c1").ca_cert == old.ca_cert
+    assert stat.S_IMODE(os.stat(backups[0] / "ca-key.pem").st_mode) == 0o600
 
 
 def test_init_force_backs_up_first(tmp_path: Path) -> None:
@@ -148,9 +149,14 @@ def test_init_force_backs_up_first(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="already exists"):
         certs.init_root(s)
     second, backup = certs.init_root(s, force=True)
-    assert backup is not None and backup.parent == s.dir.parent
+    # one backup layout, inside ca.dir: the root key never goes anywhere else
+    assert backup is not None and backup.parent == s.dir / "backups"
+    assert backup.name.startswith("root.backup-")
+    assert sorted(p.name for p in backup.iterdir()) == ["root-cert.pem", "root-key.pem"]
     assert pki.load_certs((backup / "root-cert.pem").read_bytes())[0] == first.cert
     assert stat.S_IMODE(os.stat(backup / "root-key.pem").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(backup).st_mode) == 0o700
+    assert [p.name for p in s.dir.parent.iterdir()] == [s.dir.name]  # nothing beside it
     assert certs.load_root(s).cert == second.cert != first.cert
 
 

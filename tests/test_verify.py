@@ -68,17 +68,93 @@ def test_junit_parses_with_one_testcase_per_check(tmp_path: Path, statuses: list
         assert "<&>" in (failure.get("message") or "") and "a hint" in (failure.text or "")
 
 
-def test_answers_counted_by_version_and_cluster() -> None:
-    out = ("Hello version: v1, instance: helloworld-v1-abc\n"
-           "Hello version: v2, instance: helloworld-v2-xyz\n\n"
-           "Hello version: v2, instance: helloworld-v2-xyz\n"
-           "curl: (28) Connection timed out\n"
-           "Hello version: v3, instance: stranger\n")
-    answers, errors = verify.count_answers(out, {"helloworld-v1-abc": "cluster1",
-                                                 "helloworld-v2-xyz": "cluster2"})
-    assert answers == (verify.Answer("v1", "cluster1", 1), verify.Answer("v2", "cluster2", 2),
-                       verify.Answer("v3", "unknown", 1))
-    assert errors == 1
+CURL = Path(__file__).parent / "fixtures" / "curl"  # real curl output: capture.py made it
+INSTANCES = {"helloworld-v1-6b9f8c7d5-x2kqp": "cluster1", "helloworld-v2-7d6c9b8f4-m8rtz":
+             "cluster2"}
+EXPECTED = {"cluster1": "v1", "cluster2": "v2"}
+
+
+def _tally(name: str, **cut: int) -> verify.Tally:
+    text = (CURL / f"{name}.out").read_text()
+    if "chars" in cut:
+        text = text[:cut["chars"]]
+    return verify.count_requests(text, INSTANCES)
+
+
+def test_curl_answers_from_both_versions_pass() -> None:
+    tally = _tally("answers")
+    assert tally.sent == 6 and tally.errors == 0
+    assert tally.answers == (verify.Answer("v1", "cluster1", 3),
+                             verify.Answer("v2", "cluster2", 3))
+    status, message = verify.judge_traffic(tally, requests=6, expected=EXPECTED, client="c")
+    assert status == verify.PASS, message
+    assert "6 of 6 requests sent" in message
+
+
+def test_curl_503_is_an_error_with_envoys_body() -> None:
+    tally = _tally("http-503")
+    assert tally.sent == 3 and tally.answers == ()
+    assert tally.failures == (verify.Failure("HTTP 503: no healthy upstream", 3),)
+    status, message = verify.judge_traffic(tally, requests=3, expected=EXPECTED, client="c")
+    assert status == verify.FAIL
+    assert "3 request(s) got no answer" in message and "no answer from v1@cluster1" in message
+
+
+def test_curl_connection_refused_keeps_curls_reason() -> None:
+    tally = _tally("refused")
+    assert tally.sent == 3 and tally.errors == 3 and tally.answers == ()
+    [failure] = tally.failures
+    assert failure.count == 3
+    assert failure.reason.startswith("curl: (7) Failed to connect to 127.0.0.1 port ")
+
+
+def test_curl_timeouts_group_despite_differing_milliseconds() -> None:
+    tally = _tally("timeout")
+    assert tally.sent == 2 and tally.errors == 2
+    [failure] = tally.failures
+    assert failure.count == 2 and failure.reason.startswith("curl: (28) Operation timed out")
+
+
+def test_curl_mixed_counts_each_request_once() -> None:
+    """1 answer in N must never read as "every cluster answered" (the old counting)."""
+    tally = _tally("mixed")
+    assert tally.sent == 8
+    assert tally.answers == (verify.Answer("v1", "cluster1", 2),
+                             verify.Answer("v2", "cluster2", 2))
+    assert {f.reason: f.count for f in tally.failures} == {
+        "HTTP 503: no healthy upstream": 2, "curl: (52) Empty reply from server": 2}
+    status, message = verify.judge_traffic(tally, requests=8, expected=EXPECTED, client="c")
+    assert status == verify.FAIL and "4 request(s) got no answer" in message
+
+
+def test_curl_output_cut_short_is_not_an_answer() -> None:
+    """Output that stops mid-request (exec ended): that request is an error, the ones
+    never started are not counted as sent."""
+    full = (CURL / "answers.out").read_text()
+    cut = full.index("@@meshctl-http", full.index("@@meshctl-request 3"))
+    tally = verify.count_requests(full[:cut], INSTANCES)
+    assert tally.sent == 3
+    assert sum(a.count for a in tally.answers) == 2
+    assert tally.failures == (
+        verify.Failure("no result: the output ended during the request", 1),)
+    status, message = verify.judge_traffic(tally, requests=6, expected=EXPECTED, client="c")
+    assert status == verify.FAIL and "only 3 of 6 requests were attempted" in message
+
+
+def test_curl_only_one_cluster_answering_fails() -> None:
+    tally = _tally("answers")
+    one = verify.Tally(tally.sent, tally.answers[:1], ())
+    status, message = verify.judge_traffic(one, requests=6, expected=EXPECTED, client="c")
+    assert status == verify.FAIL and "no answer from v2@cluster2" in message
+
+
+def test_curl_script_runs_in_posix_sh(tmp_path: Path) -> None:
+    """The script is plain POSIX sh (busybox in the curl image): dash parses it too."""
+    import subprocess
+
+    script = verify.curl_script("helloworld.meshctl-verify:5000/hello", 3)
+    assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
+    assert "'\\n@@meshctl-http %{http_code}\\n'" in script
 
 
 @pytest.mark.parametrize("text,code", [
@@ -111,14 +187,24 @@ def test_sample_manifests_v1_and_curl_on_main_v2_on_remote(tmp_path: Path) -> No
     names = {c: [f"{o['kind']}/{o['metadata']['name']}" for o in docs]
              for c, docs in objs.items()}
     assert names == {
-        "cluster1": ["Namespace/sample", "Service/helloworld", "Deployment/helloworld-v1",
-                     "ServiceAccount/curl", "Deployment/curl"],
-        "cluster2": ["Namespace/sample", "Service/helloworld", "Deployment/helloworld-v2"]}
+        "cluster1": ["Namespace/meshctl-verify", "Service/helloworld",
+                     "Deployment/helloworld-v1", "ServiceAccount/curl", "Deployment/curl"],
+        "cluster2": ["Namespace/meshctl-verify", "Service/helloworld",
+                     "Deployment/helloworld-v2"]}
+    for docs in objs.values():  # every object is meshctl's, of this mesh
+        for o in docs:
+            assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshctl"
+            assert o["metadata"]["labels"]["meshctl.io/mesh"] == "mesh1"
+            if o["kind"] != "Namespace":
+                assert o["metadata"]["namespace"] == "meshctl-verify"
     ns = objs["cluster1"][0]
     assert ns["metadata"]["labels"]["istio-injection"] == "enabled"
-    rev = manifests.render("sample-namespace.yaml.j2", namespace="sample", revision="1-31")
+    rev = manifests.render("sample-namespace.yaml.j2", namespace="other", revision="1-31",
+                           mesh_id="m")
     assert yaml.safe_load(rev)["metadata"]["labels"] == {
-        "app.kubernetes.io/managed-by": "meshctl", "istio.io/rev": "1-31"}
+        "app.kubernetes.io/managed-by": "meshctl", "meshctl.io/mesh": "m",
+        "istio.io/rev": "1-31"}
+    assert verify.target("other") == "helloworld.other:5000/hello"
 
 
 # --- on the sandbox ----------------------------------------------------------------------
@@ -173,7 +259,7 @@ def _tokens(mesh: SandboxHandle) -> list[str]:
 def _sample_gone(mesh: SandboxHandle) -> bool:
     for cl in mesh.clusters:
         try:
-            ns = cl.core().read_namespace("sample")
+            ns = cl.core().read_namespace(verify.DEFAULT_NAMESPACE)
         except k8s.ApiException as e:
             assert e.status == 404
             continue
@@ -236,9 +322,9 @@ def test_human_output_says_traffic_not_checked(mesh: SandboxHandle) -> None:
         assert "--keep: the sample apps stay" in result.stdout
         for i, deps in ((0, {"helloworld-v1", "curl"}), (1, {"helloworld-v2"})):
             found = {d.metadata.name for d in mesh[i].apps().list_namespaced_deployment(
-                "sample").items}
+                verify.DEFAULT_NAMESPACE).items}
             assert found == deps
-            for pod in mesh[i].core().list_namespaced_pod("sample").items:
+            for pod in mesh[i].core().list_namespaced_pod(verify.DEFAULT_NAMESPACE).items:
                 assert pod.status.phase == "Running"
     finally:
         again = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", "--requests",

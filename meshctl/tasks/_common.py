@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 from invoke.exceptions import Exit
 
+from meshctl import files
 from meshctl.errors import MeshctlError, NotAvailable, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -20,14 +22,24 @@ CLUSTERS_DIR_HELP = "folder of cluster files (default: $MESHCTL_CLUSTERS_DIR or 
 
 
 def guard(fn: F) -> F:
-    """Turn a :class:`MeshctlError` into one stderr line and its exit code, never a traceback."""
+    """Turn a :class:`MeshctlError` into one stderr line and its exit code, never a traceback.
+
+    Also the start of every task: scratch folders of meshctl runs that died (SIGKILL)
+    are removed here, so key files a library wrote never outlive the next run.  A
+    local file error that escaped the code that should have named it is still one line
+    (exit 2: the operator's disk or folder, not a cluster).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        files.sweep_scratch()
         try:
             return fn(*args, **kwargs)
         except MeshctlError as e:
             raise Exit(f"error: {e}", e.exit_code) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise Exit(f"error: {where}{e.strerror or type(e).__name__}", 2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise Exit(code=130) from None
@@ -57,6 +69,20 @@ def number(flag: str, value: object, *, default: float, minimum: float = 0,
     if parsed < minimum:
         raise UsageError(f"{flag} {value}: must be at least {minimum:g}")
     return parsed
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def dns_label(flag: str, value: object, *, default: str) -> str:
+    """A flag naming a Kubernetes namespace (a DNS-1123 label), checked before any work."""
+    if value is None:
+        return default
+    text = str(value)
+    if not _DNS_LABEL.fullmatch(text):
+        raise UsageError(f"{flag} {text[:70]!r}: not a DNS-1123 label (lower-case letters, "
+                         "digits and '-', at most 63)")
+    return text
 
 
 def not_yet(task: str, issue: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from invoke import task
 
 from meshctl import bootstrap as flow
-from meshctl import config, report, topology
+from meshctl import config, files, report, topology
 from meshctl import status as status_mod
 from meshctl import verify as checks
 from meshctl.errors import CheckFailed, ClusterError, UsageError
@@ -139,30 +139,39 @@ def status(c, cluster=None, json=False, clusters_dir=None):
                            "clusters": [r.to_dict() for r in rows]})
     else:
         report.out.print(report.status_table(rows))
-    if not any(r.reachable for r in rows):
-        raise ClusterError("no cluster could be reached")
+        for line in report.status_notes(rows):
+            report.out.print(line, highlight=False, markup=False)
+    unreadable = [r for r in rows if not r.reachable]
+    if unreadable:  # the table has every row; the exit code says not all could be read
+        raise ClusterError("; ".join(r.error or f"{r.name}: unreachable" for r in unreadable))
 
 
 @task(iterable=["remote"], help={
     "main": "the main cluster", "remote": "a remote cluster (repeatable)",
     "json": "print one JSON document (schema meshctl.verify/v1)",
     "junit": "also write a JUnit XML report to this file (one testcase per check)",
-    "keep": "leave the sample apps in namespace sample (default: remove them)",
+    "keep": "leave the sample apps in their namespace (default: remove them)",
+    "namespace": f"namespace for the sample apps, one meshctl owns or creates (default "
+                 f"{checks.DEFAULT_NAMESPACE}); an existing one meshctl did not make is "
+                 "refused",
     "requests": "how many requests the curl client sends (default 10)",
     "timeout": "seconds to wait for the sample apps to become ready (default 180)",
     "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
-def verify(c, main=None, remote=None, json=False, junit=None, keep=False, requests=None,
-           timeout=None, clusters_dir=None):
+def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namespace=None,
+           requests=None, timeout=None, clusters_dir=None):
     """Check the mesh spans the clusters: static checks, then sample traffic."""
     count = int(_common.number("--requests", requests, default=10, minimum=1))
     wait = _common.number("--timeout", timeout, default=180, minimum=1, whole=False)
+    ns = _common.dns_label("--namespace", namespace, default=checks.DEFAULT_NAMESPACE)
     cfg = config.load(_common.clusters_dir(clusters_dir))
     plan = topology.plan(cfg, main or "", remote or [])
-    result = checks.run(cfg, plan, requests=count, keep=keep, timeout=wait,
+    if junit:
+        files.check_writable(Path(junit))  # before any cluster is touched
+    result = checks.run(cfg, plan, requests=count, keep=keep, namespace=ns, timeout=wait,
                         progress=report.progress)
     if junit:
-        Path(junit).write_text(checks.junit_xml(result))
+        files.write_atomic(Path(junit), checks.junit_xml(result))
     if json:
         report.print_json(result.to_json())
     else:
