@@ -8,9 +8,11 @@ says it up front, with numbers, and ``bootstrap`` runs it first and stops on FAI
     if preflight.failed(reports): ...
 
 Layout: ``preflight_facts`` reads each cluster once (the only I/O; clusters are read
-concurrently, one thread each), ``preflight_checks`` and ``preflight_resources`` turn
-facts into :class:`Result` values, ``preflight_capacity`` is the placement
-arithmetic; this module wires them and defines the JSON document.
+concurrently, one thread each), ``preflight_checks``, ``preflight_resources`` and
+``preflight_ownership`` (an Istio meshctl did not install; ``preflight_found`` folds
+what is found) turn facts into :class:`Result` values, ``preflight_capacity`` is the
+placement arithmetic; this module wires them and defines the JSON document.
+:func:`foreign_istio` runs the ownership checks alone, for bootstrap.
 
 An unreachable cluster is a FAIL for that cluster and the others are still checked;
 :func:`exit_code` is 3 only when no cluster could be reached at all, else 1 on any
@@ -52,7 +54,10 @@ missingPermissions [str]);
 ``nodes`` (total, ready, schedulable); ``resources`` (eligibleNodes, freeCpuMilli,
 freeMemoryBytes, freePods, demandCpuMilli, demandMemoryBytes, demandPods, sidecars,
 shortCpuMilli, shortMemoryBytes, shortPods, unplaced {item: pods}); ``istio``
-(istiod, versions, revisions, skew); ``cacerts``; ``inject-namespaces`` (namespaces,
+(istiod, versions, revisions, skew; or found [str] when an istiod is not meshctl's);
+``istio-helm``, ``istio-operator``, ``istio-ca``, ``injector-webhook`` (found [str]:
+each Istio object meshctl did not install, see ``preflight_ownership``);
+``mesh-config`` (checked [str], drift [str]); ``cacerts``; ``inject-namespaces`` (namespaces,
 missing, podSecurityBlocked); ``api-server-address``; ``east-west-address``;
 ``unique``.  A check that does not apply to a cluster (or could not run because the
 cluster is unreachable) is absent from its results.
@@ -68,6 +73,7 @@ from dataclasses import dataclass
 from meshctl import istio, topology
 from meshctl import preflight_checks as checks
 from meshctl import preflight_facts as facts_mod
+from meshctl import preflight_ownership as ownership_checks
 from meshctl import preflight_resources as resources
 from meshctl.config import Cluster, Config
 from meshctl.errors import MeshctlError, UsageError
@@ -77,12 +83,13 @@ from meshctl.topology import Plan
 
 SCHEMA = "meshctl.preflight/v1"
 CHECKS = ("context", "api", "kubernetes-version", "istioctl", "permissions", "nodes",
-          "resources", "istio", "cacerts", "inject-namespaces", "api-server-address",
+          "resources", "istio", "istio-helm", "istio-operator", "istio-ca",
+          "injector-webhook", "mesh-config", "cacerts", "inject-namespaces", "api-server-address",
           "east-west-address", "unique")
 MAX_THREADS = 8
 
 __all__ = ["CHECKS", "FAIL", "PASS", "SCHEMA", "WARN", "ClusterReport", "Result", "document",
-           "exit_code", "failed", "run", "summary"]
+           "exit_code", "failed", "foreign_istio", "run", "summary"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,37 @@ def run(config: Config, names: Sequence[str], *, plan: Plan | None = None,
                                      requests=sum(facts.requests.values()),
                                      seconds=round(seconds, 3)))
     return reports
+
+
+def foreign_istio(config: Config, names: Sequence[str] = (), *, plan: Plan | None = None,
+                  istioctl: istio.Istioctl | None = None) -> list[Result]:
+    """Only the ownership checks, on every cluster at once: what bootstrap reads before
+    its first write, also under ``--skip-preflight``.
+
+    Clusters are ``names``, else the plan's, else every cluster file.  Returns every
+    result (PASS and FAIL), cluster by cluster in that order: for a reachable cluster
+    one per ownership check (``preflight_ownership.CHECKS``; ``mesh-config`` only
+    where meshctl's install record is), for one that could not be read its
+    ``context`` or ``api`` FAIL.  Any FAIL means: write nothing anywhere.  Costs about
+    eight requests per cluster, whatever its size.  ``istioctl`` is accepted for
+    symmetry with :func:`run`; these checks do not need it.  Raises only
+    :class:`UsageError`.
+    """
+    chosen = list(names) or (list(plan.names) if plan is not None else [])
+    clusters = _select(config, chosen)
+    plan = plan if plan is not None else _default_plan(config, clusters)
+    work = [(c, footprint(c, plan)) for c in clusters]
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(work)) or 1,
+                            thread_name_prefix="ownership") as pool:
+        gathered = list(pool.map(lambda item: facts_mod.gather(*item, only_istio=True), work))
+    out: list[Result] = []
+    for facts in gathered:
+        if not facts.reachable:
+            out += [r for r in (checks.context(facts), checks.api(facts))
+                    if r is not None and r.status == FAIL]
+        else:
+            out += ownership_checks.checks(facts, config.mesh)
+    return out
 
 
 def failed(reports: Sequence[ClusterReport]) -> bool:
@@ -238,9 +276,12 @@ def _check(facts: Facts, everyone: list[Facts], config: Config,
         out.append(checks.kubernetes_version(facts, istioctl))
     out.append(checks.istioctl_present(facts, istioctl, istioctl_error))
     if facts.reachable:
+        owned = ownership_checks.checks(facts, config.mesh)
+        # a foreign istiod is the "istio" verdict; otherwise versions and skew are
+        istio_result = (owned[0] if owned[0].status == FAIL else
+                        checks.existing_istio(facts, istioctl, config.mesh.istio.revision))
         out += [checks.permissions(facts), checks.nodes(facts),
-                resources.check(facts, config),
-                checks.existing_istio(facts, istioctl, config.mesh.istio.revision),
+                resources.check(facts, config), istio_result, *owned[1:],
                 checks.ca_roots(facts, local_root, other_roots),
                 checks.inject_namespaces(facts, config.mesh.istio.values)]
     out.append(checks.api_server_address(facts))

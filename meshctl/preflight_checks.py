@@ -31,6 +31,9 @@ K8S_SUPPORT: dict[int, tuple[int, int | None]] = {
     22: (27, 30), 23: (27, 30), 24: (28, 31), 25: (29, 32), 26: (29, 33),
     27: (29, 33), 28: (30, 34), 31: (32, None),
 }
+# meshctl's own floor, whatever istioctl accepts: verify asks who it is with
+# SelfSubjectReview authentication.k8s.io/v1, served from Kubernetes 1.28 on.
+MESHCTL_MIN_MINOR = 28
 SEMVER_MINOR = re.compile(r"^v?(\d+)\.(\d+)")
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 
@@ -100,6 +103,13 @@ def k8s_version(facts: Facts) -> str:
 def kubernetes_version(facts: Facts, istioctl: istio.Istioctl | None) -> Result:
     ist = istioctl.minor if istioctl else None
     shown = k8s_version(facts)
+    if facts.minor is not None and facts.minor < MESHCTL_MIN_MINOR:
+        return result(facts, "kubernetes-version", FAIL,
+                      f"Kubernetes {shown}: below meshctl's minimum 1.{MESHCTL_MIN_MINOR} "
+                      "(verify needs SelfSubjectReview authentication.k8s.io/v1)",
+                      hint=f"upgrade the cluster to ≥ 1.{MESHCTL_MIN_MINOR}",
+                      kubernetesMinor=facts.minor, minSupportedMinor=MESHCTL_MIN_MINOR,
+                      maxTestedMinor=None)
     if facts.minor is None or ist is None:
         why = ("istioctl not found" if ist is None
                else "the API server does not report a release version")
@@ -108,6 +118,7 @@ def kubernetes_version(facts: Facts, istioctl: istio.Istioctl | None) -> Result:
                       hint="check istio.io supported releases for this pair")
     known = [m for m in K8S_SUPPORT if m <= ist[1]]
     low, high = K8S_SUPPORT[max(known)] if known else (0, None)
+    low = max(low, MESHCTL_MIN_MINOR)
     if known and max(known) != ist[1]:
         high = None  # a newer Istio than the table: its maximum is unknown
     numbers = {"kubernetesMinor": facts.minor, "minSupportedMinor": low,

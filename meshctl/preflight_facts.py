@@ -10,6 +10,12 @@ shaped for large clusters:
   on it, per inject namespace a pod count, the istiod pods; nothing else is kept;
 - nodes and pods are listed concurrently (two continue-token chains, each strictly
   sequential by nature);
+- an Istio meshctl did not install (``preflight_found`` folds what is found): one LIST
+  each of istiod Deployments (label ``app=istiod``, all namespaces), Helm release
+  Secrets (field selector on their type, small pages: their payloads are large),
+  IstioOperators (a 404 means no CRD), ConfigMaps in istio-system (mesh config, the
+  values istioctl rendered, meshctl's install record) and MutatingWebhookConfigurations,
+  plus a GET of ``istio-ca-secret``: six requests, whatever the cluster's size;
 - permissions: one SelfSubjectAccessReview for "everything" first; a cluster admin
   passes it and nothing more is asked.  Otherwise one SelfSubjectRulesReview gives
   every rule held in istio-system (matched here as RBAC matches it), and one access
@@ -30,6 +36,7 @@ from typing import Any
 
 from meshctl import cacerts, kube
 from meshctl import preflight_capacity as cap
+from meshctl import preflight_found as found
 from meshctl.config import Cluster
 from meshctl.errors import MeshctlError
 
@@ -37,6 +44,7 @@ ISTIO_NS = "istio-system"
 REACH_DEADLINE = 10.0  # seconds of retries before a cluster counts as unreachable
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 SSRR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
+HELM_PAGE = 20  # Helm release Secrets per page: each may hold a ~1 MiB payload
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,7 @@ class Facts:
     admin: bool = False
     missing: list[Permission] = field(default_factory=list)
     permissions_error: str = ""
+    istio_found: found.IstioFound = field(default_factory=found.IstioFound)
     requests: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -144,8 +153,12 @@ class Facts:
 # --- gathering ---------------------------------------------------------------------------
 
 
-def gather(cluster: Cluster, footprint: Footprint) -> Facts:
-    """Connect, then read everything the checks need; errors land on the facts."""
+def gather(cluster: Cluster, footprint: Footprint, *, only_istio: bool = False) -> Facts:
+    """Connect, then read everything the checks need; errors land on the facts.
+
+    ``only_istio``: just what the ownership checks need (an Istio meshctl did not
+    install, and ``cacerts``): what bootstrap reads even under ``--skip-preflight``.
+    """
     facts = Facts(cluster=cluster, footprint=footprint)
     try:
         k = kube.client(cluster, deadline=REACH_DEADLINE)
@@ -162,8 +175,9 @@ def gather(cluster: Cluster, footprint: Footprint) -> Facts:
         facts.requests = dict(k.counts)
         return facts
     k.deadline = kube.DEFAULT_DEADLINE  # reachable: now the normal retry budget
-    readers: list[Callable[[kube.Kube, Facts], None]] = [
-        _read_pods, _read_nodes, _read_permissions, _read_small]
+    readers: list[Callable[[kube.Kube, Facts], None]] = (
+        [_read_istio, _read_cacerts] if only_istio else
+        [_read_pods, _read_nodes, _read_permissions, _read_small, _read_istio])
     with ThreadPoolExecutor(max_workers=len(readers),
                             thread_name_prefix=f"preflight-{cluster.name}") as pool:
         for fut in [pool.submit(reader, k, facts) for reader in readers]:
@@ -277,11 +291,6 @@ def _read_small(k: kube.Kube, facts: Facts) -> None:
                 found[meta["name"]] = dict(meta.get("labels") or {})
         facts.namespaces = found
 
-    def secret() -> None:
-        live = k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
-        facts.cacerts_present = live is not None
-        facts.cacerts = cacerts.from_secret(facts.cluster.name, live) if live else None
-
     def services() -> None:
         facts.lb_has_address = any(
             (svc.get("spec") or {}).get("type") == "LoadBalancer"
@@ -289,9 +298,78 @@ def _read_small(k: kube.Kube, facts: Facts) -> None:
             for svc in k.items("/api/v1/services", what="list services"))
 
     _guard(facts, "namespaces_error", namespaces)
-    _guard(facts, "cacerts_error", secret)
+    _read_cacerts(k, facts)
     if facts.footprint.east_west_gateway and not facts.cluster.east_west_address:
         _guard(facts, "services_error", services)
+
+
+def _read_cacerts(k: kube.Kube, facts: Facts) -> None:
+    def read() -> None:
+        live = k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
+        facts.cacerts_present = live is not None
+        facts.cacerts = cacerts.from_secret(facts.cluster.name, live) if live else None
+    _guard(facts, "cacerts_error", read)
+
+
+ISTIO_READS = ("istiod", "helm", "operators", "configmaps", "ca-secret", "webhooks")
+
+
+def _read_istio(k: kube.Kube, facts: Facts) -> None:
+    """What an Istio already here looks like: one LIST (or GET) per kind, folded."""
+    got = facts.istio_found
+    ns = found.ISTIO_NS
+
+    def istiods() -> None:
+        got.istiods = [found.istiod_from(d) for d in k.items(
+            "/apis/apps/v1/deployments", query={"labelSelector": "app=istiod"},
+            what="list istiod Deployments")]
+
+    def helm() -> None:
+        releases = []
+        for s in k.items("/api/v1/secrets", limit=HELM_PAGE, what="list Helm release Secrets",
+                         query={"labelSelector": found.HELM_SELECTOR,
+                                "fieldSelector": f"type={found.HELM_TYPE}"}):
+            release = found.helm_from(s)
+            if release is not None:
+                releases.append(release)
+        got.helm = releases
+
+    def operators() -> None:
+        try:
+            items = list(k.items("/apis/install.istio.io/v1alpha1/istiooperators",
+                                 what="list IstioOperators"))
+        except kube.NotFound:  # no IstioOperator CRD: none can exist
+            items = []
+        got.operators = [found.operator_from(i) for i in items]
+
+    def configmaps() -> None:
+        data: dict[str, dict] = {}
+        for cm in k.items(f"/api/v1/namespaces/{ns}/configmaps",
+                          what=f"list ConfigMaps in {ns}"):
+            name = (cm.get("metadata") or {}).get("name", "")
+            if name == found.RECORD:
+                got.record, got.record_mesh = found.record_from(cm)
+            elif name.startswith(("istio", "values")):
+                cm_data = cm.get("data") or {}
+                data[name] = {key: cm_data[key] for key in found.CONFIG_KEYS if key in cm_data}
+        got.configmaps = data
+
+    def ca_secret() -> None:
+        got.ca_secret = k.get(f"/api/v1/namespaces/{ns}/secrets/{found.CA_SECRET}",
+                              what=f"read Secret {ns}/{found.CA_SECRET}") is not None
+
+    def webhooks() -> None:
+        hooks = (found.webhook_from(w) for w in k.items(
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+            what="list MutatingWebhookConfigurations"))
+        got.webhooks = [w for w in hooks if w is not None]
+
+    for key, read in zip(ISTIO_READS, (istiods, helm, operators, configmaps, ca_secret,
+                                       webhooks), strict=True):
+        try:
+            read()
+        except MeshctlError as e:
+            got.errors[key] = str(e)
 
 
 def allowed(k: kube.Kube, perm: Permission) -> bool:

@@ -9,6 +9,7 @@ that damage a cluster (cordon, taint, fill) get a sandbox of their own (``label`
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import time
 import uuid
@@ -18,9 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
+from meshctl import config as config_mod
 from meshctl import preflight
 from meshctl import preflight_capacity as cap
+from meshctl import preflight_checks as checks_mod
 from meshctl import preflight_facts as facts
+from meshctl import preflight_found as pf_found
+from meshctl import preflight_ownership as pf_own
 from tests import factories
 from tests.sandbox_fixtures import Cluster, SandboxHandle
 
@@ -93,6 +98,162 @@ def test_placement_is_by_node_not_by_totals(nodes: list[cap.Node], ok: bool) -> 
 def test_node_exclusion(spec: dict, status: str, reason: str) -> None:
     body = {"spec": spec, "status": {"conditions": [{"type": "Ready", "status": status}]}}
     assert cap.exclusion(body) == reason
+
+
+# --- offline: an Istio meshctl did not install ------------------------------------------
+
+
+def helm_payload(doc: Any, *, layers: int = 2, gz: bool = True) -> str:
+    """``data.release`` as the API returns it: Helm's base64(gzip(JSON)), base64 again."""
+    raw = json.dumps(doc).encode() if not isinstance(doc, bytes) else doc
+    data = gzip.compress(raw) if gz else raw
+    for _ in range(layers):
+        data = base64.b64encode(data)
+    return data.decode()
+
+
+def helm_secret(payload: str, release: str = "istiod") -> dict:
+    return {"metadata": {"name": f"sh.helm.release.v1.{release}.v1",
+                         "namespace": "istio-system",
+                         "labels": {"owner": "helm", "name": release, "status": "deployed",
+                                    "version": "1"}},
+            "type": "helm.sh/release.v1", "data": {"release": payload}}
+
+
+ISTIOD_CHART = {"name": "istiod", "chart": {"metadata": {"name": "istiod",
+                                                         "version": "1.24.2"}}}
+
+
+@pytest.mark.parametrize("payload", [
+    helm_payload(ISTIOD_CHART), helm_payload(ISTIOD_CHART, layers=1),
+    helm_payload(ISTIOD_CHART, gz=False)], ids=["as-helm-writes-it", "one-base64", "no-gzip"])
+def test_helm_release_of_istiod_is_read(payload: str) -> None:
+    found = pf_found.helm_from(helm_secret(payload))
+    assert found is not None and (found.chart, found.chart_version) == ("istiod", "1.24.2")
+    assert found.describe() == ("Helm release istio-system/istiod (chart istiod 1.24.2, "
+                                "revision 1, deployed)")
+
+
+def test_helm_generic_chart_names_count_only_when_they_say_istio() -> None:
+    base = {"chart": {"metadata": {"name": "base", "version": "1.24.2",
+                                   "home": "https://istio.io"}}}
+    theirs = {"chart": {"metadata": {"name": "gateway", "version": "0.3.0",
+                                     "home": "https://example.com/gw"}}}
+    assert pf_found.helm_from(helm_secret(helm_payload(base), "istio-base")).chart == "base"
+    assert pf_found.helm_from(helm_secret(helm_payload(theirs), "edge")) is None
+    redis = {"chart": {"metadata": {"name": "redis", "version": "17.0.0"}}}
+    assert pf_found.helm_from(helm_secret(helm_payload(redis), "cache")) is None
+
+
+JUNK = [
+    ("not-base64", "%%%%"),
+    ("base64-of-junk", base64.b64encode(b"\x00\xff" * 50).decode()),
+    ("gzip-of-junk", helm_payload(b"\x00not json", layers=2)),
+    ("gzip-bomb", helm_payload(b"{" + b" " * (pf_found.MAX_RELEASE_BYTES + 10) + b"}")),
+    ("deep-json", helm_payload(b"[" * 100_000 + b"]" * 100_000)),
+    ("json-list", helm_payload([1, 2, 3])),
+    ("chart-not-a-map", helm_payload({"chart": "istiod"})),
+    ("name-with-newline", helm_payload({"chart": {"metadata": {"name": "istiod\nrm -rf"}}})),
+    ("truncated-gzip", base64.b64encode(base64.b64encode(
+        gzip.compress(json.dumps(ISTIOD_CHART).encode())[:20])).decode()),
+    ("not-a-string", 12),
+]
+
+
+@pytest.mark.parametrize("payload", [j[1] for j in JUNK], ids=[j[0] for j in JUNK])
+def test_helm_payload_junk_is_unreadable_never_a_crash(payload: Any) -> None:
+    """An Istio-named release with junk is still named (chart unreadable); the payload's
+    text never comes back."""
+    assert pf_found.chart_of(pf_found.release_payload(payload))[0] == ""
+    found = pf_found.helm_from(helm_secret(payload, "istiod"))
+    assert found is not None and found.chart == ""
+    assert "chart unreadable" in found.describe() and "rm -rf" not in found.describe()
+    assert pf_found.helm_from(helm_secret(payload, "cache")) is None
+
+
+def offline_facts(name: str = "cluster1", **found: Any) -> facts.Facts:
+    cluster = config_mod.Cluster(name=name, context=name, network="network1",
+                                 source=Path(f"{name}.yaml"))
+    fp = facts.Footprint(istiod=True, ingress_gateway=True, east_west_gateway=False,
+                         istio_gateways=False, link_source=False)
+    return facts.Facts(cluster=cluster, footprint=fp, istio_found=pf_found.IstioFound(**found))
+
+
+def istiod_deployment(owner: str | None, cluster_id: str = "cluster1") -> dict:
+    labels = {"app": "istiod", "istio.io/rev": "default"}
+    if owner:
+        labels["install.operator.istio.io/owning-resource"] = owner
+    return {"metadata": {"name": "istiod", "namespace": "istio-system", "labels": labels},
+            "spec": {"template": {"spec": {"containers": [{
+                "name": "discovery", "image": "docker.io/istio/pilot:1.24.2",
+                "env": [{"name": "CLUSTER_ID", "value": cluster_id}]}]}}}}
+
+
+MESH = config_mod.Mesh(mesh_id="mesh1", source=Path("mesh.yaml"))
+
+
+@pytest.mark.parametrize("owner,record,status,needle", [
+    (None, False, "FAIL", "istiod meshctl did not install: Deployment istio-system/istiod "
+                          "(revision default, 1.24.2, no owning resource)"),
+    ("installed-state", True, "FAIL", "owning resource installed-state"),
+    ("meshctl-cluster1", False, "FAIL", "no app.kubernetes.io/managed-by=meshctl install "
+                                        "record"),
+    ("meshctl-cluster2", True, "FAIL", "owning resource meshctl-cluster2"),
+    ("meshctl-cluster1", True, "PASS", "istiod installed by meshctl"),
+], ids=["plain-istioctl", "other-operator", "no-record", "other-cluster", "ours"])
+def test_istiod_is_meshctls_only_with_its_operator_and_record(
+        owner: str | None, record: bool, status: str, needle: str) -> None:
+    f = offline_facts(istiods=[pf_found.istiod_from(istiod_deployment(owner))], record=record)
+    res = pf_own.istiod(f)
+    assert (res.status, res.check) == (status, "istio")
+    assert needle in res.message, res.message
+    if status == "FAIL":
+        assert "meshctl does not adopt an existing Istio" in res.hint
+
+
+def test_drift_names_the_key_and_both_values() -> None:
+    mesh_cm = {"mesh": yaml.safe_dump({"defaultConfig": {"meshId": "other-mesh"},
+                                       "trustDomain": "cluster.local"})}
+    values = {"merged-values": json.dumps({"global": {"network": "network9",
+                                                      "meshID": "other-mesh"}})}
+    f = offline_facts(istiods=[pf_found.istiod_from(istiod_deployment("meshctl-cluster1",
+                                                                      "c-one"))],
+                      record=True, configmaps={"istio": mesh_cm, "values": values})
+    res = pf_own.drift(f, MESH)
+    assert res is not None and res.status == "FAIL"
+    assert "meshID is 'other-mesh' in ConfigMap istio-system/istio mesh defaultConfig.meshId, " \
+        "the plan says 'mesh1'" in res.message
+    assert "network is 'network9'" in res.message and "'network1'" in res.message
+    assert "clusterName is 'c-one' in Deployment istio-system/istiod env CLUSTER_ID, the plan " \
+        "says 'cluster1'" in res.message
+    assert "trustDomain" not in res.message  # it matches
+    assert pf_own.drift(offline_facts(record=False), MESH) is None  # not meshctl's: no drift
+
+
+@pytest.mark.parametrize("present,record,cacerts,status", [
+    (False, False, False, "PASS"), (True, False, False, "FAIL"), (True, True, False, "FAIL"),
+    (True, True, True, "PASS")], ids=["none", "foreign", "ours-before-cacerts", "leftover"])
+def test_self_signed_istio_ca(present: bool, record: bool, cacerts: bool, status: str) -> None:
+    f = offline_facts(ca_secret=present, record=record)
+    f.cacerts_present = cacerts
+    assert pf_own.ca_secret(f).status == status
+
+
+def test_unreadable_is_a_fail_not_a_pass() -> None:
+    f = offline_facts(errors={"webhooks": "cluster1: list MutatingWebhookConfigurations: "
+                                          "forbidden (HTTP 403)"})
+    res = pf_own.webhooks(f)
+    assert res.status == "FAIL" and "cannot tell" in res.message and "403" in res.message
+
+
+def test_kubernetes_below_1_28_fails_whatever_istioctl_says() -> None:
+    f = offline_facts()
+    f.minor, f.git_version = 27, "v1.27.16"
+    res = checks_mod.kubernetes_version(f, None)
+    assert res.status == "FAIL" and "below meshctl's minimum 1.28" in res.message
+    assert "SelfSubjectReview" in res.message
+    f.minor, f.git_version = 28, "v1.28.0"
+    assert checks_mod.kubernetes_version(f, None).status == "WARN"  # istioctl unknown
 
 
 # --- the CLI without a cluster ----------------------------------------------------------
@@ -328,7 +489,9 @@ def test_unreachable_cluster_fails_alone_and_exit_3_only_when_all_are(
     code, doc, _ = run_json(folder, sandbox, "cluster1", "cluster2")
     assert code == 1
     assert result(doc, "cluster2", "api")["status"] == "FAIL"
-    assert "not reachable" in result(doc, "cluster2", "api")["message"]
+    # the cause in words (issue 12): "connection refused"; "not reachable" before that
+    message = result(doc, "cluster2", "api")["message"]
+    assert "connection refused" in message or "not reachable" in message, message
     assert result(doc, "cluster1", "resources")["status"] == "PASS"
 
     code, doc, _ = run_json(folder, sandbox, "cluster2")
