@@ -164,7 +164,7 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
         say(f"starting {len(plans)} cluster(s) in {state}")
         _start_all(plans, bins, say)
         sandbox = _write_outputs(state, bins, plans, creds)
-        lb_pid = _start_lb(state, plans)
+        lb_pid = _start_lb(state, plans, bins)
         sandbox = replace(sandbox, lb_pid=lb_pid)
         # The record for status/down/load; pid files stay the truth for stopping.
         files.write_atomic(state / STATE_FILE, json.dumps(_to_json(sandbox), indent=2))
@@ -241,7 +241,8 @@ def _write_outputs(state: Path, bins: Path, plans: list[cluster.ClusterPlan],
     for p in plans:
         path = clusters_dir / f"{p.name}.yaml"
         files.write_atomic(path, yaml.safe_dump(cluster_file(p, kubeconfig), sort_keys=False))
-        ports = {"etcd": p.etcd_port, "etcd-peer": p.peer_port, "kube-apiserver": p.api_port}
+        ports = {"etcd": p.etcd_port, "etcd-peer": p.peer_port, "kube-apiserver": p.api_port,
+                 "kwok-kubelet": p.kubelet_port}
         out.append(SandboxCluster(name=p.name, context=p.name, server=p.server, ip=p.ip,
                                   kubeconfig=kubeconfig, cluster_file=path, shape=p.shape,
                                   ports=ports, pids=_cluster_pids(state, p.name)))
@@ -265,11 +266,12 @@ def mesh_file(state: Path) -> dict[str, Any]:
                    "intermediateDays": 730, "organization": "meshctl"}}
 
 
-def _start_lb(state: Path, plans: list[cluster.ClusterPlan]) -> int:
-    """Start the LoadBalancer loop for all clusters and wait for its first full sync."""
+def _start_lb(state: Path, plans: list[cluster.ClusterPlan], bins: Path) -> int:
+    """Start the controller process (LoadBalancer loop, istiod's kubelet, webhook stand-in)
+    for all clusters and wait for its first full sync."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    argv = [sys.executable, "-m", "meshctl.sandbox_lb", str(state),
+    argv = [sys.executable, "-m", "meshctl.sandbox_lb", str(state), f"--bin={bins}",
             *[f"{p.name}={p.server}" for p in plans]]
     proc = procs.spawn(state, "sandbox", "lb", argv, env=env)
     try:

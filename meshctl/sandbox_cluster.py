@@ -28,10 +28,10 @@ from typing import Any
 from meshctl import files, pki
 from meshctl.errors import ClusterError, UsageError
 from meshctl.sandbox_api import Api
+from meshctl.sandbox_kwok import established, install_crds, kwok_argv, node_body
 from meshctl.sandbox_procs import Proc, WaitTimeout, alive, exit_code, spawn, tail, wait_for
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 PKI_KEY = "ecdsa-p256"
 CERT_DAYS = 365
 
@@ -60,6 +60,7 @@ class ClusterPlan:
     etcd_port: int
     peer_port: int
     api_port: int
+    kubelet_port: int = 0  # kwok's kubelet API (port-forward, exec, logs)
 
     @property
     def name(self) -> str:
@@ -130,12 +131,12 @@ def node_ip(index: int) -> str:
 def plan(state_dir: Path, index: int, shape: Shape) -> ClusterPlan:
     ip = node_ip(index)
     ports: list[int] = []
-    while len(ports) < 3:
+    while len(ports) < 4:
         port = free_port(ip)
         if port not in ports:
             ports.append(port)
     return ClusterPlan(index=index, state_dir=state_dir, shape=shape, etcd_port=ports[0],
-                       peer_port=ports[1], api_port=ports[2])
+                       peer_port=ports[1], api_port=ports[2], kubelet_port=ports[3])
 
 
 # --- PKI and kubeconfigs ---------------------------------------------------------------
@@ -170,6 +171,10 @@ def write_pki(p: ClusterPlan) -> dict[str, Credential]:
                    dns=["kubernetes", "kubernetes.default", "kubernetes.default.svc",
                         "kubernetes.default.svc.cluster.local", "localhost"],
                    ips=[p.ip, p.service_ip, "127.0.0.1"])
+    # kwok serves the kubelet API (port-forward, exec, logs) on the node address with
+    # this certificate; the API server checks it against the cluster CA.
+    kubelet = leaf("kwok-kubelet", server=True, ips=[p.ip])
+    kubelet_client = leaf("kube-apiserver-kubelet-client", org="system:masters")
     clients = {
         "admin": leaf("meshctl-sandbox-admin", org="system:masters"),
         "controller-manager": leaf("system:kube-controller-manager"),
@@ -180,6 +185,9 @@ def write_pki(p: ClusterPlan) -> dict[str, Credential]:
     files.write_atomic(out / "ca.key", pki.key_pem(ca_key), mode=files.PRIVATE)
     files.write_atomic(out / "apiserver.crt", serving.cert)
     files.write_atomic(out / "apiserver.key", serving.key, mode=files.PRIVATE)
+    for stem, cred in (("kubelet", kubelet), ("kubelet-client", kubelet_client)):
+        files.write_atomic(out / f"{stem}.crt", cred.cert)
+        files.write_atomic(out / f"{stem}.key", cred.key, mode=files.PRIVATE)
     files.write_atomic(out / "admin.crt", clients["admin"].cert)
     files.write_atomic(out / "admin.key", clients["admin"].key, mode=files.PRIVATE)
     # RSA for ServiceAccount tokens (RS256), what every JWT consumer understands.
@@ -261,6 +269,12 @@ def apiserver_argv(p: ClusterPlan, bin_dir: Path) -> list[str]:
             # The kubernetes Service's Endpoints would hold our loopback address, which
             # Endpoints validation refuses; nothing in the sandbox dials that Service.
             "--endpoint-reconciler-type=none",
+            # kwok's nodes report their name as Hostname, which nothing resolves: reach
+            # the kubelet API (kwok's server) by the node's InternalIP, and verify it.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-certificate-authority={pk / 'ca.crt'}",
+            f"--kubelet-client-certificate={pk / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pk / 'kubelet-client.key'}",
             "--profiling=false"]
 
 
@@ -283,38 +297,6 @@ def scheduler_argv(p: ClusterPlan, bin_dir: Path) -> list[str]:
     return [str(bin_dir / "kube-scheduler"),
             f"--kubeconfig={p.path('scheduler.kubeconfig')}",
             "--secure-port=0", "--leader-elect=false", "--profiling=false"]
-
-
-def kwok_argv(p: ClusterPlan, bin_dir: Path, stages: Path) -> list[str]:
-    return [str(bin_dir / "kwok"), f"--config={stages}",
-            f"--kubeconfig={p.path('admin.kubeconfig')}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
-            f"--node-ip={p.ip}", f"--cidr={p.pod_cidr}",
-            "--node-lease-duration-seconds=40"]
-
-
-def node_body(p: ClusterPlan, number: int) -> dict[str, Any]:
-    """A Node with the shape's allocatable resources; kwok marks it Ready.
-
-    Node status is accepted on create (the API server keeps all fields then), so the
-    capacity is exactly what the caller asked for.
-    """
-    name = f"{p.name}-node{number}"
-    resources = {"cpu": p.shape.cpu, "memory": p.shape.memory, "pods": str(p.shape.pods)}
-    return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                       "kubernetes.io/arch": "amd64", "type": "kwok",
-                       "topology.kubernetes.io/region": "sandbox",
-                       "topology.kubernetes.io/zone": f"sandbox-{p.name}"},
-        },
-        "spec": {},
-        "status": {"allocatable": resources, "capacity": resources},
-    }
 
 
 # --- start -----------------------------------------------------------------------------
@@ -389,6 +371,9 @@ class _Starter:
         self.wait("kube-apiserver", "API server /readyz", api.ready, API_TIMEOUT)
         self.spawn("kube-controller-manager", controller_manager_argv(p, self.bin_dir))
         self.spawn("kube-scheduler", scheduler_argv(p, self.bin_dir))
+        crds = install_crds(api, self.stages.parent / "crds.yaml")
+        self.wait("kube-apiserver", "kwok's CRDs established",
+                  lambda: all(established(api, name) for name in crds), API_TIMEOUT)
         self.spawn("kwok", kwok_argv(p, self.bin_dir, self.stages))
         for number in range(1, p.shape.nodes + 1):
             api.post("/api/v1/nodes", node_body(p, number))

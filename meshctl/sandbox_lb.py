@@ -7,10 +7,12 @@ wait forever.  Like k3s' ServiceLB, this gives every ``type: LoadBalancer`` Serv
 without a ``loadBalancerClass`` the cluster's node address (its 127.0.0.x), which is
 all the sandbox can honestly offer: the address is real, but no packet is forwarded.
 
-The same process runs the admission-webhook stand-in (``sandbox_webhooks``): what
-istiod's webhook server would answer if a container could run.
+The same process plays kubelet for istiod pods (``sandbox_istiod``: the real
+pilot-discovery per pod, and ClusterIP forwarding to it) and runs the admission-webhook
+stand-in (``sandbox_webhooks``) for webhook Services no real istiod backs.
 
-Runs as its own small process (``python -m meshctl.sandbox_lb STATE CLUSTER=URL ...``),
+Runs as its own small process
+(``python -m meshctl.sandbox_lb STATE [--bin=DIR] CLUSTER=URL ...``),
 started by ``sandbox.up`` with a pid file like every other component, one watch thread
 per cluster.  It exits by itself when the state folder disappears.
 """
@@ -24,8 +26,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from meshctl import sandbox_webhooks
+from meshctl import sandbox_istiod, sandbox_webhooks
 from meshctl.sandbox_api import Api, ApiError
+from meshctl.sandbox_proxy import ServiceProxy
 
 READY_FILE = "lb.ready"
 
@@ -81,9 +84,13 @@ def run_cluster(state_dir: Path, name: str, api: Api, ip: str, ready: threading.
 
 def main(argv: list[str]) -> int:
     state_dir = Path(argv[0])
+    bins = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--bin=")]
     events = []
     stand_in = sandbox_webhooks.StandIn(workdir=state_dir)
+    proxy = ServiceProxy(log=lambda m: print(m, flush=True)) if bins else None
     for arg in argv[1:]:
+        if arg.startswith("--"):
+            continue
         name, server = arg.split("=", 1)
         pki = state_dir / name / "pki"
         api = Api(server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
@@ -93,8 +100,13 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=run_cluster, args=(state_dir, name, api, ip, ready),
                          daemon=True, name=name).start()
         threading.Thread(target=sandbox_webhooks.run_cluster,
-                         args=(state_dir, name, api, stand_in),
+                         args=(state_dir, name, api, stand_in, proxy is not None),
                          daemon=True, name=f"{name} webhooks").start()
+        if proxy is not None:
+            kubelet = sandbox_istiod.Kubelet(state_dir, name, api, ip, Path(bins[0]), proxy)
+            sandbox_istiod.KUBELETS.append(kubelet)
+            threading.Thread(target=kubelet.run_forever, daemon=True,
+                             name=f"{name} istiod").start()
     for ready in events:
         ready.wait()
     (state_dir / READY_FILE).write_text("ok\n")

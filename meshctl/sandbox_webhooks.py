@@ -1,21 +1,23 @@
-"""The sandbox's stand-in for admission webhooks that no pod can serve.
+"""The sandbox's stand-in for admission webhooks that no process of the sandbox serves.
 
-In a real cluster, istiod serves Istio's sidecar-injection and validation webhooks and
-writes its CA into the webhook configurations' ``caBundle``.  In the sandbox no
-container runs, so the API server's webhook calls would be refused and every pod
-matched by the injector (east-west gateways use the ``gateway`` injection template)
-could never be created: ``istioctl install`` would wait forever.
+The sandbox runs the real istiod for every istiod pod (``sandbox_istiod``), and the
+Services selecting those pods reach it: their webhooks are answered by Istio itself.
+What remains is a webhook whose Service has no pod the sandbox can run: above all a
+remote-profile cluster, whose ``istiod`` Service has no selector and whose endpoint is
+the main cluster's east-west gateway (an Envoy, which the sandbox cannot run).  Without
+an answer there, the API server's calls would be refused and every pod matched by the
+injector (failurePolicy Fail) could never be created.
 
-This stand-in does what the missing server side would, and no more:
-- for every webhook configuration whose ``clientConfig.service`` names a Service of
-  the cluster, it listens on that Service's ClusterIP and port (the sandbox's Service
-  range is on loopback, 127.101.0.0/16) with TLS for ``<svc>.<ns>.svc``, and writes
-  its CA into the webhook's ``caBundle`` as istiod does for itself;
+For those webhooks only, this stand-in does what the missing server side would, and no
+more:
+- for every webhook configuration whose ``clientConfig.service`` names such a Service,
+  it listens on that Service's ClusterIP and port (the sandbox's Service range is on
+  loopback) with TLS for ``<svc>.<ns>.svc``, and writes its CA into the webhook's
+  ``caBundle`` as istiod does for itself;
 - it answers every AdmissionReview with ``allowed: true`` and no patch.
 
-So objects are admitted unchanged: **no sidecar is injected** and no Istio object is
-validated by Istio's webhook (CRD schemas are still enforced by the API server).
-Tests and notes must say so; nothing here pretends to be Envoy or istiod.
+So objects it admits are admitted unchanged: **no sidecar is injected** by it and no
+Istio object is validated by it.  Tests and notes must say which webhook answered.
 
 Runs in the sandbox's controller process beside the LoadBalancer loop.
 """
@@ -33,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from meshctl import pki
+from meshctl import pki, sandbox_istiod
 from meshctl.sandbox_api import Api, ApiError
 
 KINDS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
@@ -111,8 +113,12 @@ def _service_port(svc: dict[str, Any], port: int) -> bool:
     return any(p.get("port") == port for p in svc.get("spec", {}).get("ports") or [])
 
 
-def sync(api: Api, stand_in: StandIn, name: str) -> None:
-    """Serve and trust every in-cluster webhook Service that exists now."""
+def sync(api: Api, stand_in: StandIn, name: str, real_istiod: bool = False) -> None:
+    """Serve and trust every in-cluster webhook Service that exists now.
+
+    With ``real_istiod``, Services that select istiod pods are left to the real istiod
+    the sandbox runs (``sandbox_istiod``): it serves them and patches its own caBundle.
+    """
     for kind in KINDS:
         for config in api.get(PATH + kind).get("items") or []:
             patches = []
@@ -125,6 +131,8 @@ def sync(api: Api, stand_in: StandIn, name: str) -> None:
                     svc = api.get(f"/api/v1/namespaces/{ref['namespace']}/services/{ref['name']}")
                 except ApiError:
                     continue  # the Service comes later; the next sync picks it up
+                if real_istiod and sandbox_istiod.selects_istiod(svc):
+                    continue
                 ip = (svc.get("spec") or {}).get("clusterIP")
                 if not ip or ip == "None" or not _service_port(svc, port):
                     continue
@@ -141,11 +149,11 @@ def sync(api: Api, stand_in: StandIn, name: str) -> None:
 
 
 def run_cluster(state_dir: Path, name: str, api: Api, stand_in: StandIn,
-                interval: float = 1.0) -> None:
+                real_istiod: bool = False, interval: float = 1.0) -> None:
     """Re-sync every ``interval`` seconds until the sandbox's state folder is gone."""
     while state_dir.exists():
         try:
-            sync(api, stand_in, name)
+            sync(api, stand_in, name, real_istiod)
         except Exception as e:  # keep the loop alive; the log says what happened
             print(f"{name}: webhooks: {type(e).__name__}: {str(e)[:200]}", flush=True)
         time.sleep(interval)

@@ -308,7 +308,7 @@ def test_istioctl_precheck_and_install_make_istiod_available(
         label_selector="app=sidecar-injector").items
 
     # An east-west gateway's pods go through the injector webhook (failurePolicy Fail):
-    # the sandbox's webhook stand-in must answer it, or this install would time out.
+    # the real istiod the sandbox runs must answer it, or this install would time out.
     eastwest = tmp_path / "eastwest.yaml"
     eastwest.write_text(EASTWEST_IOP)
     install = run([*istioctl, "install", "-y", "-f", eastwest, "--readiness-timeout", "3m"],
@@ -317,7 +317,7 @@ def test_istioctl_precheck_and_install_make_istiod_available(
     ew = c.core().read_namespaced_service_status("istio-eastwestgateway", "istio-system")
     assert [i.ip for i in ew.status.load_balancer.ingress or []] == [c.ip]
 
-    # Admitted, but honestly not injected: no container runs, so no sidecar either.
+    # The real injector (istiod run by the sandbox) adds the sidecar; no container runs.
     core = c.core()
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(
         name="injected", labels={"istio-injection": "enabled"})))
@@ -326,7 +326,7 @@ def test_istioctl_precheck_and_install_make_istiod_available(
     pod = core.create_namespaced_pod("injected", k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name="app"),
         spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="x")])))
-    assert [ct.name for ct in pod.spec.containers] == ["app"]
+    assert [ct.name for ct in pod.spec.containers] == ["app", "istio-proxy"]
 
 
 # --- lifecycle ----------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_failed_up_names_the_component_and_leaves_no_process(sandbox_bin: Path,
                                                               tmp_path: Path) -> None:
     broken = tmp_path / "bin"
     broken.mkdir()
-    for name in ("etcd", "kube-controller-manager", "kube-scheduler", "kwok"):
+    for name in ("etcd", "kube-controller-manager", "kube-scheduler", "kwok", "pilot-discovery"):
         (broken / name).symlink_to(sandbox_bin / name)
     fake = broken / "kube-apiserver"
     fake.write_text("#!/bin/sh\necho 'E0000 refusing to start: test' >&2\nexit 1\n")
