@@ -244,7 +244,27 @@ def load_root(settings: CASettings) -> RootCA:
                           "not PEM") from None
     if not pki.same_public_key(cert, key):
         raise ConfigError(f"{settings.dir}: root-key.pem does not belong to root-cert.pem")
+    if not is_ca(cert):
+        raise ConfigError(f"{settings.dir}: root-cert.pem is not a CA certificate (no "
+                          "basicConstraints CA:true); istiod would refuse every chain under it")
     return RootCA(cert=cert, key=key)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def refuse_to_sign(root: RootCA, settings: CASettings) -> None:
+    """An intermediate under an expired (or not yet valid) root is born broken: refuse."""
+    problem = validity_problem(root.cert)
+    if problem:
+        raise ConfigError(f"{settings.dir}: root-cert.pem {problem}; no intermediate is "
+                          "issued under it",
+                          hint="certs.rotate --root --step 1 starts a staged move to a new "
+                               "root (certs.init --force replaces it outright)")
 
 
 def cluster_dir(settings: CASettings, cluster: str) -> Path:

@@ -238,6 +238,9 @@ def client(cluster: Cluster, *, deadline: float = DEFAULT_DEADLINE) -> Kube:
     cluster file; the kubeconfig's contents never appear in the message.
     """
     path = kubeconfig_path(cluster)
+    if path and not Path(path).is_file():
+        why = "is a folder" if Path(path).is_dir() else "no such file"
+        raise ConfigError(f"{cluster.source}: key 'kubeconfig': {path}: {why}")
     try:
         cfg = Configuration()
         kube_config.load_kube_config(config_file=path, context=cluster.context,

@@ -120,14 +120,16 @@ def parse(text: str, *, source: str, server: Server,
         extra = [k for k in keys if k != source]
         raise ClusterError(f"{where}: expected one kubeconfig under key {source!r}, found "
                            f"{', '.join(repr(k[:40]) for k in extra) or 'none'}")
-    raw = string_data.get(source)
-    if raw is None:
+    text = string_data.get(source)
+    if text is None:
         try:
-            raw = base64.b64decode(str(data[source]), validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise ClusterError(f"{where}: data key {source!r} is not base64 text") from None
-    if not isinstance(raw, str):
-        raise ClusterError(f"{where}: key {source!r} is not text")
+            raw = base64.b64decode(str(data[source]), validate=True)
+        except ValueError:
+            raise ClusterError(f"{where}: data key {source!r} is not base64") from None
+    elif isinstance(text, str):
+        raw = text.encode()
+    else:
+        raise ClusterError(f"{where}: stringData key {source!r} is not text")
     config = remote_kubeconfig.parse(raw, f"{where} key {source}")
     if config.server != server.url:
         raise ClusterError(f"{where}: kubeconfig points at {config.server}, "
@@ -148,7 +150,7 @@ def parse(text: str, *, source: str, server: Server,
         else "Opaque",
         "metadata": {"name": secret_name(source), "namespace": NAMESPACE,
                      "labels": labels, "annotations": annotations},
-        "data": {source: base64.b64encode(raw.encode()).decode()},
+        "data": {source: base64.b64encode(raw).decode()},
     }
     return RemoteSecret(source=source, server=server.url, user=config.user_name, body=body)
 

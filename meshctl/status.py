@@ -18,7 +18,7 @@ from typing import Any
 
 from meshctl import cacerts, certs, install, kube, remote_kubeconfig, remote_secret
 from meshctl.config import Config
-from meshctl.errors import MeshctlError
+from meshctl.errors import ClusterError
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def one(config: Config, name: str) -> ClusterStatus:
             link_errors=link_errors,
             cert_days_left=round(certs.days_left(bundle.ca_cert), 1) if bundle else None,
             east_west_address=install.east_west_address(k, cluster))
-    except MeshctlError as e:
+    except ClusterError as e:  # a config error (bad kubeconfig) stays exit 2, not a row
         return ClusterStatus(**base, reachable=False, error=e.message)
 
 

@@ -1,17 +1,33 @@
-"""Every bad input of the foundation issue: exit 2, one line naming file and key, nothing written.
+"""The bad-input catalogue: every case one line on stderr, its exit code, no traceback,
+nothing written.
 
-Runs the installed ``meshctl`` console script as a user would; no cluster is needed.
+Cluster files and flags (exit 2, naming the file and key), the operator's kubeconfigs
+(exit 2), certificate files in ``ca.dir`` (exit 2), remote-secret contents as istioctl
+would print them (exit 3, naming the field; nothing of them runs), canary weights
+(exit 2), and TLS/socket failures against real local servers (exit 3 naming the
+cluster and the cause in words).  Runs the installed ``meshctl`` console script as a
+user would; no cluster is needed.  Not covered: a full disk and a read-only filesystem
+(this machine has neither to offer a test; ``files.write_all`` turns any ``OSError``
+into the same one line, and ``/sys`` stands in for a folder that refuses writes).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
+from meshctl import pki, remote_secret
+from meshctl.errors import MeshctlError
+from tests import tls_servers
 from tests.factories import assert_one_line_error, cluster_doc, mesh_doc, meshctl, write_folder
 
 
@@ -157,3 +173,393 @@ def test_canary_without_flags_is_usage_error(tmp_path: Path) -> None:
     folder = write_folder(tmp_path, [cluster_doc("cluster1")])
     result = meshctl("canary", "--clusters-dir", str(folder))
     assert_one_line_error(result, 2, "--cluster is required")
+
+
+# --- the rest of the catalogue (issue 12): flags, kubeconfigs, remote secrets, certificate
+# files, weights and TLS.  Each case: the exit code, one line on stderr naming what is
+# wrong, no traceback, and nothing written (the tree under tmp_path is compared, the CA
+# folder byte for byte; meshctl's scratch folder for key files must be empty afterwards).
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.c2lnbmF0dXJl"  # never in a message
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*")) if "cache" not in p.relative_to(root).parts}
+
+
+def _kubeconfig(tmp: Path, server: str, *, ca: bytes | None = None, context: str = "ctx",
+                user: dict | None = None) -> Path:
+    cluster: dict = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
+    path = tmp / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": user or {"token": TOKEN}}],
+        "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}]}))
+    return path
+
+
+def _folder(tmp: Path, kubeconfig: Path | None = None, **extra: object) -> Path:
+    kc = {"kubeconfig": str(kubeconfig), "context": "ctx"} if kubeconfig else {}
+    return write_folder(tmp, [cluster_doc("cluster1", **kc, **extra),
+                              cluster_doc("cluster2", network="network2")])
+
+
+def _run_cli(tmp: Path, *args: str, code: int, needles: tuple[str, ...]) -> None:
+    cache = tmp / "cache"
+    before = _tree(tmp)
+    result = meshctl(*args, cwd=tmp, env={"XDG_CACHE_HOME": str(cache),
+                                          "MESHCTL_API_DEADLINE": "2"})
+    assert_one_line_error(result, code, *needles)
+    assert TOKEN not in result.stdout + result.stderr
+    assert _tree(tmp) == before
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # no key file left behind
+
+
+@dataclass
+class CliCase:
+    id: str
+    args: tuple[str, ...]
+    needles: tuple[str, ...]
+    code: int = 2
+    setup: Callable[[Path], Path] | None = None  # returns the clusters folder
+
+
+def _plain(tmp: Path) -> Path:
+    return _folder(tmp)
+
+
+def _kc_missing(tmp: Path) -> Path:
+    return _folder(tmp, tmp / "no-such-kubeconfig")
+
+
+def _kc_folder(tmp: Path) -> Path:
+    (tmp / "kcdir").mkdir()
+    return _folder(tmp, tmp / "kcdir")
+
+
+def _kc_junk(tmp: Path) -> Path:
+    path = tmp / "kubeconfig"
+    path.write_bytes(bytes(range(256)) * 4)
+    return _folder(tmp, path)
+
+
+def _kc_list(tmp: Path) -> Path:
+    path = tmp / "kubeconfig"
+    path.write_text("- just\n- a list\n")
+    return _folder(tmp, path)
+
+
+def _kc_no_context(tmp: Path) -> Path:
+    return _folder(tmp, _kubeconfig(tmp, "https://127.0.0.1:1", context="other"))
+
+
+def _sys_junit(tmp: Path) -> Path:
+    return _folder(tmp)
+
+
+def _root_files(tmp: Path, cert: bytes, key: bytes) -> Path:
+    folder = _folder(tmp)
+    ca = tmp / "ca"
+    ca.mkdir(mode=0o700)
+    (ca / "root-cert.pem").write_bytes(cert)
+    (ca / "root-key.pem").write_bytes(key)
+    return folder
+
+
+def _truncated_root(tmp: Path) -> Path:
+    key = pki.generate_key("ecdsa-p256")
+    cert = pki.cert_pem(pki.self_signed_ca(subject=pki.name(common_name="r"), key=key, days=9))
+    return _root_files(tmp, cert[: len(cert) // 2], pki.key_pem(key))
+
+
+def _key_not_matching(tmp: Path) -> Path:
+    key, other = pki.generate_key("ecdsa-p256"), pki.generate_key("ecdsa-p256")
+    cert = pki.self_signed_ca(subject=pki.name(common_name="r"), key=key, days=9)
+    return _root_files(tmp, pki.cert_pem(cert), pki.key_pem(other))
+
+
+def _expired_root(tmp: Path) -> Path:
+    key = pki.generate_key("ecdsa-p256")
+    cert = pki.self_signed_ca(subject=pki.name(common_name="r"), key=key, days=1,
+                              not_before=datetime.now(UTC) - timedelta(days=5))
+    return _root_files(tmp, pki.cert_pem(cert), pki.key_pem(key))
+
+
+def _non_ca_root(tmp: Path) -> Path:
+    key = pki.generate_key("ecdsa-p256")
+    subject = pki.name(common_name="not a CA")
+    cert = pki.sign(subject=subject, public_key=key.public_key(), issuer_name=subject,
+                    issuer_key=key, usage=pki.Usage(server=True), days=9)
+    return _root_files(tmp, pki.cert_pem(cert), pki.key_pem(key))
+
+
+def _junk_intermediate(tmp: Path) -> Path:
+    folder = _folder(tmp)
+    assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0
+    (tmp / "ca" / "cluster1").mkdir(mode=0o700)
+    (tmp / "ca" / "cluster1" / "ca-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nAAA")
+    return folder
+
+
+VERIFY = ("verify", "--main", "cluster1", "--remote", "cluster2")
+CANARY = ("canary", "--cluster", "cluster1", "--namespace", "ns", "--service", "s")
+ISSUE = ("certs.issue", "--cluster", "cluster1", "--no-apply")
+CLI_CASES = [
+    CliCase("flag-requests-not-a-number", (*VERIFY, "--requests", "ten"),
+            ("--requests ten", "whole number")),
+    CliCase("flag-requests-zero", (*VERIFY, "--requests", "0"), ("--requests 0",)),
+    CliCase("flag-timeout-negative", (*VERIFY, "--timeout", "-5"), ("--timeout -5",)),
+    CliCase("flag-namespace-not-dns1123", (*VERIFY, "--namespace", "Bad_NS"),
+            ("--namespace", "DNS-1123")),
+    CliCase("flag-junit-permission-denied", (*VERIFY, "--junit", "/sys/verify.xml"),
+            ("/sys/verify.xml", "Permission denied")),
+    CliCase("flag-junit-parent-is-a-file", (*VERIFY, "--junit", "clusters/mesh.yaml/x.xml"),
+            ("x.xml", "Not a directory")),
+    CliCase("flag-junit-is-a-folder", (*VERIFY, "--junit", "clusters"),
+            ("clusters", "is a folder")),
+    CliCase("flag-step-not-a-number", ("certs.rotate", "--root", "--step", "x"),
+            ("--step x",)),
+    CliCase("flag-unknown-cluster", ("status", "--cluster", "nosuch"),
+            ("--cluster nosuch", "nosuch.yaml")),
+    CliCase("weights-not-100", (*CANARY, "--weights", "v1=80,v2=30"), ("add up to 110",)),
+    CliCase("weights-not-a-number", (*CANARY, "--weights", "v1=abc"), ("v1=abc",)),
+    CliCase("weights-out-of-range", (*CANARY, "--weights", "v1=120,v2=-20"), ("v1=120",)),
+    CliCase("kubeconfig-missing", ("status", "--cluster", "cluster1"),
+            ("cluster1.yaml", "'kubeconfig'", "no such file"), setup=_kc_missing),
+    CliCase("kubeconfig-is-a-folder", ("status", "--cluster", "cluster1"),
+            ("cluster1.yaml", "'kubeconfig'", "is a folder"), setup=_kc_folder),
+    CliCase("kubeconfig-binary-junk", ("status", "--cluster", "cluster1"),
+            ("cluster1.yaml", "kubeconfig"), setup=_kc_junk),
+    CliCase("kubeconfig-a-yaml-list", ("status", "--cluster", "cluster1"),
+            ("cluster1.yaml", "kubeconfig"), setup=_kc_list),
+    CliCase("kubeconfig-context-missing", ("status", "--cluster", "cluster1"),
+            ("cluster1.yaml", "'context'", "not found"), setup=_kc_no_context),
+    CliCase("root-pem-truncated", ISSUE, ("root-cert.pem", "not PEM"), setup=_truncated_root),
+    CliCase("root-key-not-its-cert", ISSUE, ("root-key.pem does not belong",),
+            setup=_key_not_matching),
+    CliCase("root-expired", ISSUE, ("root-cert.pem expired", "certs.rotate --root"),
+            setup=_expired_root),
+    CliCase("root-not-a-ca", ISSUE, ("root-cert.pem is not a CA",), setup=_non_ca_root),
+    CliCase("intermediate-pem-truncated", ISSUE, ("cluster1", "cannot read the intermediate"),
+            setup=_junk_intermediate),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_cli_refuses_bad_input(tmp_path: Path, case: CliCase) -> None:
+    folder = (case.setup or _plain)(tmp_path)
+    _run_cli(tmp_path, *case.args, "--clusters-dir", str(folder), code=case.code,
+             needles=case.needles)
+
+
+# --- remote-secret contents: istioctl's output, before anything is applied ---------------
+
+SERVER = "https://cluster2.example.test:6443"
+_CA = pki.cert_pem(pki.self_signed_ca(subject=pki.name(common_name="c2 CA"),
+                                      key=pki.generate_key("ecdsa-p256"), days=30))
+
+
+def _kc_doc() -> dict:
+    return {"apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": "cluster2", "cluster": {
+                "server": SERVER, "certificate-authority-data": base64.b64encode(_CA).decode()}}],
+            "contexts": [{"name": "cluster2", "context": {"cluster": "cluster2",
+                                                          "user": "cluster2"}}],
+            "current-context": "cluster2",
+            "users": [{"name": "cluster2", "user": {"token": TOKEN}}]}
+
+
+def _secret_text(kubeconfig: str | bytes, *, kind: str = "Secret",
+                 extra_key: bool = False) -> str:
+    secret: dict = {
+        "apiVersion": "v1", "kind": kind,
+        "metadata": {"name": "istio-remote-secret-cluster2", "namespace": "istio-system",
+                     "labels": {"istio/multiCluster": "true"},
+                     "annotations": {"networking.istio.io/cluster": "cluster2"}}}
+    if isinstance(kubeconfig, bytes):
+        secret["data"] = {"cluster2": base64.b64encode(kubeconfig).decode()}
+    else:
+        secret["stringData"] = {"cluster2": kubeconfig}
+    if extra_key:
+        secret.setdefault("stringData", {})["cluster9"] = yaml.safe_dump(_kc_doc())
+    return "# This file is autogenerated, do not edit.\n" + yaml.safe_dump(secret) + "---\n"
+
+
+def _mutated(change: Callable[[dict], object]) -> str:
+    doc = _kc_doc()
+    change(doc)
+    return yaml.safe_dump(doc)
+
+
+def _user(**fields: object) -> Callable[[dict], object]:
+    return lambda d: d["users"][0]["user"].update(fields)
+
+
+def _cluster(**fields: object) -> Callable[[dict], object]:
+    return lambda d: d["clusters"][0]["cluster"].update(fields)
+
+
+def _twice(key: str) -> Callable[[dict], object]:
+    """A second, separate entry (a copy, so YAML has no anchor to share)."""
+    return lambda d: d[key].append(copy.deepcopy(d[key][0]))
+
+
+MARKER = "/tmp/meshctl-bad-input-marker-must-not-exist"
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(9))
+
+SECRET_CASES = [
+    ("exec-plugin", _secret_text(_mutated(_user(exec={
+        "apiVersion": "client.authentication.k8s.io/v1", "command": "sh",
+        "args": ["-c", f"touch {MARKER}"]}))), ("users[0].user.exec", "runs a command")),
+    ("token-file", _secret_text(_mutated(_user(tokenFile="/etc/hostname"))),
+     ("users[0].user.tokenFile", "reads a file")),
+    ("client-key-path", _secret_text(_mutated(_user(**{"client-key": "/root/.ssh/id_rsa"}))),
+     ("users[0].user.client-key", "reads a file")),
+    ("client-key-data", _secret_text(_mutated(_user(**{"client-key-data": "AAAA"}))),
+     ("users[0].user.client-key-data",)),
+    ("client-certificate-data", _secret_text(_mutated(_user(
+        **{"client-certificate-data": "AAAA"}))), ("users[0].user.client-certificate-data",)),
+    ("auth-provider", _secret_text(_mutated(_user(**{"auth-provider": {
+        "name": "gcp", "config": {"cmd-path": "sh", "cmd-args": f"-c 'touch {MARKER}'"}}}))),
+     ("users[0].user.auth-provider",)),
+    ("basic-auth", _secret_text(_mutated(_user(username="admin", password="pw"))),
+     ("users[0].user.password", "basic-auth")),
+    ("impersonation", _secret_text(_mutated(_user(**{"as": "system:admin"}))),
+     ("users[0].user.as", "impersonation")),
+    ("two-users", _secret_text(_mutated(_twice("users"))),
+     ("users has 2 entries",)),
+    ("two-clusters", _secret_text(_mutated(_twice("clusters"))),
+     ("clusters has 2 entries",)),
+    ("two-contexts", _secret_text(_mutated(_twice("contexts"))),
+     ("contexts has 2 entries",)),
+    ("insecure-skip-tls-verify", _secret_text(_mutated(_cluster(
+        **{"insecure-skip-tls-verify": True}))), ("insecure-skip-tls-verify", "TLS")),
+    ("ca-file-path", _secret_text(_mutated(_cluster(
+        **{"certificate-authority": "/etc/ssl/certs/ca.pem"}))),
+     ("clusters[0].cluster.certificate-authority", "reads a file")),
+    ("proxy-url", _secret_text(_mutated(_cluster(**{"proxy-url": "http://evil:3128"}))),
+     ("proxy-url",)),
+    ("ca-not-pem", _secret_text(_mutated(_cluster(
+        **{"certificate-authority-data": base64.b64encode(b"junk").decode()}))),
+     ("certificate-authority-data",)),
+    ("server-not-https", _secret_text(_mutated(_cluster(server="http://cluster2:6443"))),
+     ("server", "https")),
+    ("token-with-newline", _secret_text(_mutated(_user(token="abc\nX-Injected: 1"))),
+     ("users[0].user.token",)),
+    ("yaml-list", _secret_text("- a\n- list\n"), ("is a list",)),
+    ("binary-junk", _secret_text(bytes(range(256)) * 8), ("binary",)),
+    ("alias-bomb", _secret_text(ALIAS_BOMB), ("YAML anchors are not allowed",)),
+    ("duplicate-key", _secret_text(yaml.safe_dump(_kc_doc()) + "kind: Config\n"),
+     ("duplicate key 'kind'",)),
+    ("extra-data-key", _secret_text(yaml.safe_dump(_kc_doc()), extra_key=True),
+     ("'cluster9'",)),
+    ("not-a-secret", _secret_text(yaml.safe_dump(_kc_doc()), kind="ConfigMap"),
+     ("expected one Secret", "ConfigMap")),
+    ("oversized", _secret_text(yaml.safe_dump(_kc_doc()) + "#" * 200_000),
+     ("larger than",)),
+    ("points-elsewhere", _secret_text(_mutated(_cluster(server="https://elsewhere:6443"))),
+     ("points at https://elsewhere:6443",)),
+]
+
+
+@pytest.mark.parametrize("text,needles", [(t, n) for _, t, n in SECRET_CASES],
+                         ids=[i for i, _, _ in SECRET_CASES])
+def test_remote_secret_refused_before_apply(text: str, needles: tuple[str, ...]) -> None:
+    """What ``link``/``bootstrap`` do with istioctl's output: one line (exit 3), the field
+    named, the token never; nothing of it runs (the marker never appears)."""
+    with pytest.raises(MeshctlError) as info:
+        remote_secret.parse(text, source="cluster2",
+                            server=remote_secret.Server(SERVER, True))
+    message = str(info.value)
+    assert info.value.exit_code == 3 and "\n" not in message
+    assert "cluster2" in message and TOKEN not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert not Path(MARKER).exists()
+
+
+def test_remote_secret_as_istioctl_writes_it_is_accepted() -> None:
+    """The positive control: the allow-list takes exactly what istioctl prints."""
+    secret = remote_secret.parse(_secret_text(yaml.safe_dump(_kc_doc())), source="cluster2",
+                                 server=remote_secret.Server(SERVER, True), mesh_id="mesh1")
+    parsed = secret.kubeconfig()
+    assert (parsed.server, parsed.token, parsed.ca_pem) == (SERVER, TOKEN, _CA)
+    assert secret.body["metadata"]["labels"] == {
+        "istio/multiCluster": "true", "app.kubernetes.io/managed-by": "meshctl",
+        "meshctl.io/mesh": "mesh1"}
+    assert TOKEN not in repr(secret) and TOKEN not in repr(parsed)
+
+
+# --- TLS and sockets: a real local server per case, one line naming the cluster ----------
+
+
+def _tls_ca_mismatch(tmp: Path) -> tuple[object, bytes]:
+    cert, key = tls_servers.server_cert(tls_servers.make_ca("served"), tmp / "srv")
+    return tls_servers.https_server(cert, key), tls_servers.make_ca("trusted").pem
+
+
+def _tls_hostname(tmp: Path) -> tuple[object, bytes]:
+    ca = tls_servers.make_ca()
+    cert, key = tls_servers.server_cert(ca, tmp / "srv", ips=(), dns=("other.example",))
+    return tls_servers.https_server(cert, key), ca.pem
+
+
+def _tls_expired(tmp: Path) -> tuple[object, bytes]:
+    ca = tls_servers.make_ca()
+    cert, key = tls_servers.server_cert(ca, tmp / "srv", expired=True)
+    return tls_servers.https_server(cert, key), ca.pem
+
+
+def _plain_http(tmp: Path) -> tuple[object, bytes]:
+    return tls_servers.http_server(), tls_servers.make_ca().pem
+
+
+def _refused(tmp: Path) -> tuple[object, bytes]:
+    return contextlib.nullcontext(tls_servers.free_port_url()), tls_servers.make_ca().pem
+
+
+def _dns(tmp: Path) -> tuple[object, bytes]:
+    return contextlib.nullcontext("https://no-such-host.invalid:6443"), \
+        tls_servers.make_ca().pem
+
+
+TLS_CASES = [
+    ("tls-wrong-ca", _tls_ca_mismatch, "certificate verify failed: self-signed certificate"),
+    ("tls-hostname-mismatch", _tls_hostname, "IP address mismatch"),
+    ("tls-expired-server-cert", _tls_expired, "certificate verify failed: certificate has "
+                                              "expired"),
+    ("tls-plain-http-listener", _plain_http, "does not speak TLS"),
+    ("connection-refused", _refused, "connection refused"),
+    ("dns-failure", _dns, "DNS: the host name does not resolve"),
+]
+
+
+@pytest.mark.parametrize("make,cause", [(m, c) for _, m, c in TLS_CASES],
+                         ids=[i for i, _, _ in TLS_CASES])
+def test_status_names_cluster_and_tls_cause(tmp_path: Path, make: Callable, cause: str) -> None:
+    server, ca = make(tmp_path / "tls")
+    with server as url:
+        folder = _folder(tmp_path, _kubeconfig(tmp_path, url, ca=ca))
+        _run_cli(tmp_path, "status", "--cluster", "cluster1", "--clusters-dir", str(folder),
+                 code=3, needles=("cluster1", cause))
+
+
+def test_certs_status_tls_failure_is_a_fail_row(tmp_path: Path) -> None:
+    server, ca = _tls_ca_mismatch(tmp_path / "tls")
+    with server as url:
+        folder = _folder(tmp_path, _kubeconfig(tmp_path, url, ca=ca))
+        assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0
+        result = meshctl("certs.status", "--cluster", "cluster1", "--json", "--clusters-dir",
+                         str(folder), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [row] = json.loads(result.stdout)["clusters"]
+    [check] = row["checks"]
+    assert row["level"] == "FAIL" and "cluster1" in check["message"]
+    assert "certificate verify failed" in check["message"]

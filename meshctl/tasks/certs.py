@@ -41,6 +41,7 @@ def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
         cfg.cluster(name)
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.issue")
     root = certs.load_root(cfg.mesh.ca)
+    certs.refuse_to_sign(root, cfg.mesh.ca)
     bundles = {}
     for name in names:
         bundle, created = certs.ensure_intermediate(root, name, cfg.mesh.ca)
