@@ -12,19 +12,30 @@ secret's token) appear as named placeholders, never as made-up values.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from meshctl import cacerts, certs, files, install, istio, kube, manifests, pki, remote_secret
+import tenacity
+
+from meshctl import (
+    cacerts,
+    certs,
+    facts,
+    files,
+    install,
+    istio,
+    kube,
+    manifests,
+    pki,
+    remote_secret,
+)
+from meshctl import teardown as teardown_mod
 from meshctl.config import Config
-from meshctl.errors import CheckFailed, UsageError
+from meshctl.errors import CheckFailed, MeshctlError, UsageError
 from meshctl.kube import Kube
-from meshctl.topology import Plan, east_west_placeholder
-
-T = TypeVar("T")
+from meshctl.topology import Link, Plan, east_west_placeholder
 
 PLAN_FILE = "plan.json"
 TOKEN_PLACEHOLDER = "<service-account-token:{source}>"
@@ -208,44 +219,20 @@ class Outcome:
         return sum(k.mutations for k in self.clusters.values())
 
 
-def _each(names: list[str], fn: Callable[[str], T]) -> dict[str, T]:
-    """Run ``fn`` for every cluster concurrently; the first error is raised after all end."""
-    if not names:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-        futures = {name: pool.submit(fn, name) for name in names}
-    results, errors = {}, []
-    for name, fut in futures.items():
-        try:
-            results[name] = fut.result()
-        except Exception as e:  # collected; re-raised below with the others' work done
-            errors.append(e)
-    if errors:
-        raise errors[0]
-    return results
-
-
-def run(config: Config, plan: Plan, *, skip_preflight: bool = False,
+def run(config: Config, plan: Plan, *, skip_preflight: bool = False, force: bool = False,
         progress: install.Progress = install._quiet) -> Outcome:
     """The whole flow against live clusters, idempotently (module docstring).
 
-    Facts first: every client, istioctl and preflight before the first write.
+    Facts first (``facts.gather``): every client, istioctl, preflight (or its ownership
+    checks), install records and live ``cacerts`` of every cluster before the first write
+    anywhere; then the local CA, a CA check across all clusters, and only then changes.
     """
-
     names = list(plan.names)
-    clusters = {n: kube.client(config.clusters[n]) for n in names}
-    ctl = istio.find()
-    outcome = Outcome(clusters=clusters)
-
     if skip_preflight:
-        progress("*", "preflight skipped (--skip-preflight)")
-    else:
-        from meshctl import preflight  # imported late: it is large and only needed here
-
-        reports = preflight.run(config, names, plan=plan, istioctl=ctl)
-        if preflight.failed(reports):
-            raise CheckFailed(preflight.summary(reports),
-                              hint="run 'invoke preflight' for the details")
+        progress("*", "preflight skipped (--skip-preflight); ownership checks still run")
+    known = facts.gather(config, plan, skip_preflight=skip_preflight, force=force)
+    clusters, ctl = known.clients, known.istioctl
+    outcome = Outcome(clusters=clusters)
 
     if certs.root_exists(config.mesh.ca):
         root = certs.load_root(config.mesh.ca)
@@ -253,108 +240,90 @@ def run(config: Config, plan: Plan, *, skip_preflight: bool = False,
         root, _ = certs.init_root(config.mesh.ca)
         progress("*", f"root CA created in {config.mesh.ca.dir}")
     bundles = {n: certs.ensure_intermediate(root, n, config.mesh.ca)[0] for n in names}
+    facts.check_cacerts(known, bundles)
 
     def prepare(name: str) -> None:
         k = clusters[name]
         install.wait_namespace_gone_if_terminating(k, progress=progress)
-        for change in install.apply_manifest(k, manifests.namespace(plan.get(name))):
+        for change in install.prepare_namespace(k, plan.get(name), plan.mesh_id, force=force):
             outcome.changes.append(f"{name}: {change}")
-        result = cacerts.apply(k, bundles[name], backup_dir=config.mesh.ca.dir / "backups")
+        result = cacerts.apply(k, bundles[name], backup_dir=config.mesh.ca.dir / "backups",
+                               live=known.cacerts[name])
         if result != "unchanged":
             outcome.changes.append(f"{name}: cacerts {result}")
             progress(name, f"cacerts {result}")
 
-    _each(names, prepare)
+    facts.each(names, prepare)
 
     def install_one(name: str) -> str | None:
         cp = plan.get(name)
         main_address = outcome.addresses.get(cp.control_plane) if cp.control_plane else None
         return install.install_cluster(clusters[name], ctl, config, plan, cp,
-                                       main_address=main_address, progress=progress)
+                                       main_address=main_address, force=force,
+                                       progress=progress)
 
     primaries = [c.name for c in plan.clusters if c.istio_role == "primary"]
     remotes = [c.name for c in plan.clusters if c.istio_role == "remote"]
     for batch in (primaries, remotes):
-        for name, address in _each(batch, install_one).items():
+        for name, address in facts.each(batch, install_one).items():
             if address:
                 outcome.addresses[name] = address
 
-    def link(index: int) -> None:
-        lk = plan.links[index]
-        result = link_clusters(config, clusters, ctl, target=lk.target, source=lk.source)
+    for target, source, result in link_all(config, clusters, ctl, plan.links):
         if result != "unchanged":
-            outcome.changes.append(f"{lk.target}: remote secret for {lk.source} {result}")
-            progress(lk.target, f"remote secret for {lk.source} {result}")
-
-    _each(list(range(len(plan.links))), link)  # type: ignore[arg-type]
+            outcome.changes.append(f"{target}: remote secret for {source} {result}")
+            progress(target, f"remote secret for {source} {result}")
     return outcome
 
 
-def link_clusters(config: Config, clusters: dict[str, Kube], ctl: istio.Istioctl, *,
-                  target: str, source: str, server: str | None = None) -> str:
-    """``source``'s remote secret, made by istioctl on ``source``, applied to ``target``."""
+def _already_exists(exc: BaseException) -> bool:
+    """istioctl lost a race to create the reader token Secret (another run made it)."""
+    return isinstance(exc, MeshctlError) and "already exists" in str(exc)
+
+
+def remote_secret_of(config: Config, clusters: dict[str, Kube], ctl: istio.Istioctl,
+                     source: str, server: str | None = None) -> remote_secret.RemoteSecret:
+    """One ``istioctl create-remote-secret`` on ``source``, parsed and checked, in memory.
+
+    istioctl creates the reader's token Secret when it is missing; two runs at once can
+    both try, and the loser fails with "already exists" although the token is then there:
+    that one case is retried (twice, a second apart), never any other failure.
+    """
     cluster = config.clusters[source]
     chosen = remote_secret.server_for(cluster, clusters[source].server, server)
-    secret = remote_secret.create(ctl, cluster, chosen)
-    return remote_secret.apply(clusters[target], secret)
+    for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception(_already_exists),
+                                     stop=tenacity.stop_after_attempt(3),
+                                     wait=tenacity.wait_fixed(1.0), reraise=True):
+        with attempt:
+            return remote_secret.create(ctl, cluster, chosen)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def link_all(config: Config, clusters: dict[str, Kube], ctl: istio.Istioctl,
+             links: Sequence[Link]) -> list[tuple[str, str, str]]:
+    """Every link of the plan: one istioctl per *source*, its secret applied to each target.
+
+    Concurrency runs across sources, never on one source at once, so no two istioctl
+    processes race to create the same token Secret, and N targets cost one istioctl.
+    Returns (target, source, result) per link.
+    """
+    by_source: dict[str, list[str]] = {}
+    for lk in links:
+        by_source.setdefault(lk.source, []).append(lk.target)
+
+    def one_source(source: str) -> list[tuple[str, str, str]]:
+        secret = remote_secret_of(config, clusters, ctl, source)
+        return [(target, source, remote_secret.apply(clusters[target], secret))
+                for target in by_source[source]]
+
+    done = facts.each(list(by_source), one_source)
+    return [row for rows in done.values() for row in rows]
 
 
 def teardown(config: Config, plan: Plan, *,
-             progress: install.Progress = install._quiet) -> list[str]:
-    """Undo bootstrap in reverse: remote secrets, exposures, Istio, cacerts, namespace.
-
-    The local CA is kept.  Safe to re-run: what is already gone is skipped.
-    """
-    names = list(plan.names)
-    clusters = {n: kube.client(config.clusters[n]) for n in names}
-    removed: list[str] = []
-
-    def unlink(index: int) -> None:
-        lk = plan.links[index]
-        if remote_secret.remove(clusters[lk.target], lk.source):
-            removed.append(f"{lk.target}: remote secret for {lk.source}")
-
-    _each(list(range(len(plan.links))), unlink)  # type: ignore[arg-type]
-    ctl = istio.find()
-
-    def undo(name: str) -> None:
-        k, cp = clusters[name], plan.get(name)
-        docs = [*manifests.split(manifests.expose_istiod(config)),
-                *manifests.split(manifests.expose_services())]
-        for doc in docs:
-            if _crd_exists(k, doc) and kube.delete(k, doc):
-                removed.append(f"{name}: {kube.describe(doc)}")
-        if install.recorded(k) or install.deployment_problem(k, install.istiod_name(config)) \
-                is None:
-            progress(name, "istioctl uninstall --purge …")
-            istio.run(ctl, config.clusters[name], ["uninstall", "--purge", "-y"],
-                      what="istioctl uninstall")
-            removed.append(f"{name}: Istio (istioctl uninstall --purge)")
-        removed.extend(f"{name}: {what}"
-                       for what in install.purge_istio_crds(k, progress=progress))
-        for doc in (*manifests.split(manifests.install_record({})),
-                    {"apiVersion": "v1", "kind": "Secret",
-                     "metadata": {"name": "cacerts", "namespace": "istio-system"}}):
-            if kube.delete(k, doc):
-                removed.append(f"{name}: {kube.describe(doc)}")
-        ns = manifests.split(manifests.namespace(cp))[0]
-        live = k.get(kube.object_path(ns), what="read Namespace istio-system")
-        if live and (live["metadata"].get("labels") or {}).get(
-                "app.kubernetes.io/managed-by") == "meshctl" and kube.delete(k, ns):
-            removed.append(f"{name}: Namespace istio-system")
-            progress(name, "waiting for Namespace istio-system to be deleted …")
-            install.wait_namespace_gone_if_terminating(k)
-
-    _each(names, undo)
-    return removed
-
-
-def _crd_exists(k: Kube, doc: dict) -> bool:
-    """Istio's CRDs may be gone already (a re-run): then so are their objects."""
-    group = doc["apiVersion"].split("/")[0]
-    plural = kube.KINDS[doc["kind"]][0]
-    return k.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.{group}",
-                 what="read CustomResourceDefinition") is not None
+             progress: install.Progress = install._quiet) -> dict[str, teardown_mod.Report]:
+    """Undo bootstrap, removing only what meshctl recorded as its own (``teardown``)."""
+    return teardown_mod.run(config, plan, each=facts.each, progress=progress)
 
 
 # --- single-cluster entry points (install, link, unlink tasks) --------------------------
@@ -385,9 +354,9 @@ def install_one(config: Config, plan: Plan, name: str, *,
 
 
 def link(config: Config, *, target: str, source: str, server: str | None = None) -> str:
-    clusters = {n: kube.client(config.clusters[n]) for n in (target, source)}
-    return link_clusters(config, clusters, istio.find(), target=target, source=source,
-                         server=server)
+    clusters = facts.each([target, source], lambda n: kube.client(config.clusters[n]))
+    secret = remote_secret_of(config, clusters, istio.find(), source, server)
+    return remote_secret.apply(clusters[target], secret)
 
 
 def unlink(config: Config, *, target: str, source: str) -> bool:

@@ -5,24 +5,44 @@ rewrite the whole control plane.  So before calling it meshctl compares the SHA-
 of the IstioOperator it would install with the one recorded after the last good
 install (ConfigMap ``istio-system/meshctl-install``) and checks the Deployment is
 Available; only a difference or a missing/unready Deployment runs istioctl again.
+
+The same record is how teardown knows what is meshctl's (see ``ownership``): the
+IstioOperators it installed (their text, so uninstall removes exactly those), the
+istioctl version, whether it created ``istio-system`` (and its uid) or found it, the
+labels it set on a namespace it found and their previous values, and whether Istio's
+CRDs were there before it.  Where ``istio-system`` already existed, meshctl sets only
+the network label (and, on a remote-role cluster, the control-plane annotation) and
+never marks the namespace as its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
-from meshctl import istio, kube, manifests
+from meshctl import istio, kube, manifests, ownership
 from meshctl.config import Cluster, Config
 from meshctl.errors import CheckFailed
 from meshctl.topology import ClusterPlan, Plan
 
 NS = "istio-system"
+NS_PATH = f"/api/v1/namespaces/{NS}"
 RECORD_PATH = f"/api/v1/namespaces/{NS}/configmaps/meshctl-install"
+# install record keys (values are strings; JSON where structured)
+REC_MESH = "mesh"
+REC_VERSION = "istioctl-version"
+REC_NAMESPACE = "namespace"  # {"created": bool, "uid": str}
+REC_FOREIGN_FIELDS = "foreign-namespace-fields"  # {"labels": {k: {"previous", "manager"}}, …}
+REC_CRDS = "crds"  # "installed": meshctl's first install created Istio's CRDs; "existing"
+OPERATOR_PREFIX = "operator."  # operator.<key>: the IstioOperator text that was installed
+NETWORK_LABEL = "topology.istio.io/network"
+CONTROL_PLANE_ANNOTATION = "topology.istio.io/controlPlaneClusters"
 EASTWEST = "istio-eastwestgateway"
 ADDRESS_TIMEOUT = 120.0
 READY_TIMEOUT = 300.0
@@ -60,21 +80,114 @@ def deployment_problem(k: kube.Kube, name: str, *, namespace: str = NS) -> str |
 
 
 def recorded(k: kube.Kube) -> dict[str, str]:
+    """The install record's data; empty when there is none or it is not meshctl's."""
     cm = k.get(RECORD_PATH, what="read ConfigMap istio-system/meshctl-install")
-    return (cm or {}).get("data") or {}
+    if cm is None or not ownership.is_managed(cm):
+        return {}
+    return dict(cm.get("data") or {})
 
 
-def _record(k: kube.Kube, key: str, value: str) -> None:
-    kube.ensure(k, yaml.safe_load(manifests.install_record({key: value})))
+def record(k: kube.Kube, mesh_id: str, updates: Mapping[str, str | None]) -> None:
+    """Merge ``updates`` into the install record (``None`` removes a key) and apply it
+    whole: with server-side apply, a key left out of the record would be dropped."""
+    data = {**recorded(k), REC_MESH: mesh_id, **updates}
+    data = {key: value for key, value in data.items() if value is not None}
+    kube.ensure(k, yaml.safe_load(manifests.install_record(data, mesh_id)))
 
 
-def apply_manifest(k: kube.Kube, text: str) -> list[str]:
+def record_json(data: Mapping[str, str], key: str) -> Any:
+    try:
+        return json.loads(data.get(key) or "null")
+    except ValueError:
+        return None
+
+
+def apply_manifest(k: kube.Kube, text: str, *, force: bool = False) -> list[str]:
     """``ensure`` every document of a rendered manifest; returns what changed."""
     changed = []
     for doc in manifests.split(text):
-        if kube.ensure(k, doc) != "unchanged":
-            changed.append(kube.describe(doc))
+        result = kube.ensure(k, doc, force=force)
+        if result != "unchanged":
+            changed.append(f"{kube.describe(doc)} {result}")
     return changed
+
+
+def _field_manager(live: Mapping[str, Any], section: str, key: str) -> str | None:
+    """Which manager set ``metadata.<section>.<key>`` on ``live`` (for the record)."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get(f"f:{section}")
+        if fields and f"f:{key}" in fields:
+            return entry.get("manager")
+    return None
+
+
+def prepare_namespace(k: kube.Kube, cp: ClusterPlan, mesh_id: str, *,
+                      force: bool = False) -> list[str]:
+    """``istio-system`` with the cluster's network (and control plane) on it.
+
+    Absent: created as meshctl's, its uid recorded.  Meshctl's already: kept in line.
+    Someone else's: only the label and annotation meshctl needs are applied, after the
+    record has kept their previous values (once: a re-run must not record meshctl's own
+    values as "previous"), so teardown can put them back exactly.
+    """
+    wanted = manifests.split(manifests.namespace(cp, mesh_id))[0]
+    live = k.get(NS_PATH, what=f"read Namespace {NS}")
+    if live is None or ownership.is_managed(live):
+        result = kube.ensure(k, wanted, live=live, force=force)
+        if result == "unchanged":
+            return []
+        if live is None:
+            made = k.get(NS_PATH, what=f"read Namespace {NS}") or {"metadata": {}}
+            record(k, mesh_id, {REC_NAMESPACE: json.dumps(
+                {"created": True, "uid": made["metadata"].get("uid")})})
+        return [f"Namespace {NS} {result}"]
+    meta = wanted["metadata"]
+    touch = {"labels": {NETWORK_LABEL: meta["labels"][NETWORK_LABEL]},
+             "annotations": dict(meta.get("annotations") or {})}
+    rec = recorded(k)
+    if REC_FOREIGN_FIELDS not in rec:
+        before = {section: {key: {"previous": (live["metadata"].get(section) or {}).get(key),
+                                  "manager": _field_manager(live, section, key)}
+                            for key in keys}
+                  for section, keys in touch.items()}
+        record(k, mesh_id, {REC_NAMESPACE: json.dumps({"created": False,
+                                                       "uid": live["metadata"].get("uid")}),
+                            REC_FOREIGN_FIELDS: json.dumps(before, sort_keys=True)})
+    partial = {"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": NS, **{s: v for s, v in touch.items() if v}}}
+    result = kube.ensure(k, partial, live=live, force=force)
+    return [] if result == "unchanged" else [f"Namespace {NS} (not meshctl's): network "
+                                             f"label {result}"]
+
+
+def restore_namespace(k: kube.Kube, rec: Mapping[str, str]) -> list[str]:
+    """Put back what :func:`prepare_namespace` changed on a namespace meshctl found."""
+    before = record_json(rec, REC_FOREIGN_FIELDS)
+    live = k.get(NS_PATH, what=f"read Namespace {NS}")
+    if not before or live is None or ownership.is_managed(live):
+        return []
+    # releasing every field meshctl applied removes those it alone owned
+    kube.apply(k, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    live = k.get(NS_PATH, what=f"read Namespace {NS}") or {"metadata": {}}
+    restored = []
+    for section, keys in before.items():
+        for key, was in keys.items():
+            now = (live["metadata"].get(section) or {}).get(key)
+            if now == was.get("previous"):
+                restored.append(_restored(section, key, was.get("previous")))
+                continue
+            k.request("PATCH", NS_PATH, body={"metadata": {section: {key: was.get("previous")}}},
+                      query={"fieldManager": was.get("manager") or "meshctl-restore"},
+                      content_type="application/merge-patch+json",
+                      what=f"restore {section[:-1]} {key} on Namespace {NS}")
+            restored.append(_restored(section, key, was.get("previous")))
+    return restored
+
+
+def _restored(section: str, key: str, previous: str | None) -> str:
+    if previous is None:
+        return f"{section[:-1]} {key} removed (it was not set before meshctl)"
+    return f"{section[:-1]} {key} back to {previous!r}"
 
 
 @dataclass(frozen=True)
@@ -86,23 +199,42 @@ class Component:
     deployment: str | None  # what must be Available afterwards (None: remote profile)
 
 
+def version_problem(rec: Mapping[str, str], ctl: istio.Istioctl) -> str | None:
+    """Why this istioctl must not touch what another istioctl version installed."""
+    was = rec.get(REC_VERSION)
+    if was and was != ctl.version:
+        return (f"Istio was installed by istioctl {was}; this is istioctl {ctl.version} "
+                f"({ctl.path}), and meshctl does not upgrade Istio in place yet")
+    return None
+
+
 def ensure_component(k: kube.Kube, ctl: istio.Istioctl, cluster: Cluster, comp: Component,
-                     *, progress: Progress = _quiet) -> bool:
+                     *, mesh_id: str, progress: Progress = _quiet) -> bool:
     """Install ``comp`` unless the same operator is recorded and its Deployment is ready.
 
-    Returns True when istioctl ran.
+    Returns True when istioctl ran.  Before the first install the record notes whether
+    Istio's CRDs were already there (then teardown never deletes them); afterwards it
+    keeps the operator's hash and text and the istioctl version.
     """
+    rec = recorded(k)
+    problem = version_problem(rec, ctl)
+    if problem:
+        raise CheckFailed(f"{cluster.name}: {problem}",
+                          hint="run with the istioctl that installed it (MESHCTL_ISTIOCTL)")
     want = digest(comp.operator)
     healthy = comp.deployment is None or deployment_problem(k, comp.deployment) is None
-    if recorded(k).get(comp.key) == want and healthy:
+    if rec.get(comp.key) == want and healthy:
         return False
+    if REC_CRDS not in rec:
+        record(k, mesh_id, {REC_CRDS: "existing" if istio_crds(k) else "installed"})
     progress(cluster.name, f"istioctl install ({comp.key}) …")
     istio.install(ctl, cluster, comp.operator, what=f"istioctl install {comp.key}")
     if comp.deployment:
         kube.wait_for(f"{cluster.name}: Deployment {NS}/{comp.deployment} Available",
                       lambda: deployment_problem(k, comp.deployment), timeout=READY_TIMEOUT,
                       interval=2.0)
-    _record(k, comp.key, want)
+    record(k, mesh_id, {comp.key: want, OPERATOR_PREFIX + comp.key: comp.operator,
+                        REC_VERSION: ctl.version})
     progress(cluster.name, f"{comp.key} installed")
     return True
 
@@ -137,18 +269,18 @@ def istio_crds(k: kube.Kube) -> list[dict]:
 
 def purge_istio_crds(k: kube.Kube, *, timeout: float = 120.0,
                      progress: Progress = _quiet) -> list[str]:
-    """Delete any Istio CRD ``istioctl uninstall --purge`` left, then wait until none is.
+    """Delete Istio's CRDs, then wait until none is left.
 
-    uninstall does not always finish this (seen on the sandbox under load: one CRD of a
-    remote-profile cluster left behind), and a teardown must leave nothing of the mesh.
-    A CRD the API server is still finalizing after ``timeout`` is reported, not fatal:
-    everything else of the teardown still has to happen.
+    Only for teardown, once it has decided the CRDs are meshctl's to remove (the record
+    says its install created them and nothing else uses them): CRDs carry istioctl's
+    labels, not meshctl's.  A CRD the API server is still finalizing after ``timeout``
+    is reported, not fatal: everything else of the teardown still has to happen.
     """
     deleted = []
     for crd in istio_crds(k):
         if not crd["metadata"].get("deletionTimestamp") and kube.delete(k, {
                 "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                "metadata": {"name": crd["metadata"]["name"]}}):
+                "metadata": {"name": crd["metadata"]["name"]}}, only_managed=False):
             deleted.append(f"CustomResourceDefinition {crd['metadata']['name']}")
 
     def check() -> str | None:
@@ -220,7 +352,7 @@ def components(config: Config, plan: Plan, cp: ClusterPlan, *,
 
 
 def install_cluster(k: kube.Kube, ctl: istio.Istioctl, config: Config, plan: Plan,
-                    cp: ClusterPlan, *, main_address: str | None = None,
+                    cp: ClusterPlan, *, main_address: str | None = None, force: bool = False,
                     progress: Progress = _quiet) -> str | None:
     """Namespace, Istio, gateway, exposures for one cluster; returns its east-west address.
 
@@ -233,13 +365,14 @@ def install_cluster(k: kube.Kube, ctl: istio.Istioctl, config: Config, plan: Pla
             f"{cp.name}: its control plane's east-west address {main_address} is a loopback "
             "address, which it cannot reach (and Kubernetes refuses in an EndpointSlice)",
             hint=f"set eastWestAddress in {main.source} to an address {cp.name} can reach")
-    apply_manifest(k, manifests.namespace(cp))
+    for change in prepare_namespace(k, cp, plan.mesh_id, force=force):
+        progress(cp.name, change)
     for comp in components(config, plan, cp, main_address=main_address):
-        ensure_component(k, ctl, cluster, comp, progress=progress)
+        ensure_component(k, ctl, cluster, comp, mesh_id=plan.mesh_id, progress=progress)
     if cp.expose_istiod:
-        apply_manifest(k, manifests.expose_istiod(config))
+        apply_manifest(k, manifests.expose_istiod(config), force=force)
     if cp.expose_services:
-        apply_manifest(k, manifests.expose_services())
+        apply_manifest(k, manifests.expose_services(plan.mesh_id), force=force)
     if not cp.east_west_gateway:
         return None
     address = wait_east_west_address(k, cluster)

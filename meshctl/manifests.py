@@ -25,14 +25,24 @@ from meshctl.topology import ClusterPlan, Plan, east_west_placeholder
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
+def _tojson(value: Any) -> Any:
+    """jinja2's ``tojson``, but a missing variable is an UndefinedError, not a TypeError
+    from the JSON encoder (StrictUndefined alone does not catch it inside a filter)."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return jinja2.utils.htmlsafe_json_dumps(value, sort_keys=True)
+
+
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # YAML, not HTML; values are quoted with tojson
     )
+    env.filters["tojson"] = _tojson
+    return env
 
 
 def render(template: str, **context: Any) -> str:
@@ -90,17 +100,19 @@ def eastwest_gateway(config: Config, cluster: ClusterPlan) -> str:
                   revision=config.mesh.istio.revision)
 
 
-def namespace(cluster: ClusterPlan) -> str:
+def namespace(cluster: ClusterPlan, mesh_id: str) -> str:
+    """``istio-system`` as meshctl creates it (only when it does not exist yet)."""
     return render("namespace.yaml.j2", network=cluster.network,
-                  control_plane=cluster.control_plane)
+                  control_plane=cluster.control_plane, mesh_id=mesh_id)
 
 
-def expose_services() -> str:
-    return render("expose-services.yaml.j2")
+def expose_services(mesh_id: str) -> str:
+    return render("expose-services.yaml.j2", mesh_id=mesh_id)
 
 
 def expose_istiod(config: Config) -> str:
-    return render("expose-istiod.yaml.j2", istiod_host=istiod_host(config.mesh.istio.revision))
+    return render("expose-istiod.yaml.j2", istiod_host=istiod_host(config.mesh.istio.revision),
+                  mesh_id=config.mesh.mesh_id)
 
 
 def cacerts_secret(bundle: certs.Bundle) -> str:
@@ -111,16 +123,16 @@ def cacerts_secret(bundle: certs.Bundle) -> str:
                   intermediate_serial=f"{bundle.ca_cert.serial_number:x}")
 
 
-def install_record(record: Mapping[str, str]) -> str:
-    """The ``istio-system/meshctl-install`` ConfigMap: hashes of what was installed."""
-    return render("install-record.yaml.j2", record=record)
+def install_record(record: Mapping[str, str], mesh_id: str) -> str:
+    """The ``istio-system/meshctl-install`` ConfigMap: what meshctl did on the cluster."""
+    return render("install-record.yaml.j2", record=record, mesh_id=mesh_id)
 
 
 def for_cluster(config: Config, plan: Plan, cluster: ClusterPlan, *,
                 main_address: str | None = None) -> dict[str, str]:
     """Every manifest (but ``cacerts``) the plan puts on ``cluster``, by file name, in order."""
     out = {
-        "namespace.yaml": namespace(cluster),
+        "namespace.yaml": namespace(cluster, plan.mesh_id),
         "istio-operator.yaml": istio_operator(config, plan, cluster, main_address=main_address),
     }
     if cluster.east_west_gateway:
@@ -128,5 +140,5 @@ def for_cluster(config: Config, plan: Plan, cluster: ClusterPlan, *,
     if cluster.expose_istiod:
         out["expose-istiod.yaml"] = expose_istiod(config)
     if cluster.expose_services:
-        out["expose-services.yaml"] = expose_services()
+        out["expose-services.yaml"] = expose_services(plan.mesh_id)
     return out

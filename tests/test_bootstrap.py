@@ -269,7 +269,8 @@ def test_transient_faults_converge(mesh3, proxied) -> None:
     """429 with Retry-After, 503 and a dropped connection: same end state as a clean run."""
     folder, proxies = proxied
     p1, p2 = proxies["cluster1"], proxies["cluster2"]
-    p1.faults += [Fault("POST", r"/namespaces/istio-system/secrets$", 429, retry_after="1"),
+    p1.faults += [Fault("PATCH", r"/namespaces/istio-system/secrets/cacerts$", 429,
+                        retry_after="1"),
                   Fault("GET", r"/namespaces/istio-system/secrets/cacerts$", 503, times=2),
                   Fault("GET", r"/api/v1/namespaces/istio-system$", 0)]
     p2.faults += [Fault("GET", r"/namespaces/istio-system/configmaps/meshctl-install$", 500),
@@ -278,8 +279,8 @@ def test_transient_faults_converge(mesh3, proxied) -> None:
     result = run(mesh3, *bootstrap_args(folder))
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(f.fired for f in p1.faults), [(f.path, f.fired) for f in p1.faults]
-    # the throttled create reached the server exactly once after its retry: no duplicate
-    assert p1.count("POST", r"/namespaces/istio-system/secrets$") >= 1
+    # the throttled apply reached the server after its retry
+    assert p1.count("PATCH", r"/namespaces/istio-system/secrets/cacerts$") >= 1
     check_mesh(folder.parent, mesh3, folder, "cluster1", ["cluster2"])
     for p in proxies.values():
         p.reset()
@@ -290,7 +291,7 @@ def test_transient_faults_converge(mesh3, proxied) -> None:
 
 def test_forbidden_fails_at_once(mesh3, proxied) -> None:
     folder, proxies = proxied
-    fault = Fault("POST", r"/namespaces/istio-system/secrets$", 403, times=100)
+    fault = Fault("PATCH", r"/namespaces/istio-system/secrets/cacerts$", 403, times=100)
     proxies["cluster1"].faults.append(fault)
     result = run(mesh3, *bootstrap_args(folder), "--skip-preflight")
     assert result.returncode == 3, result.stderr[-2000:]

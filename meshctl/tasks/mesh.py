@@ -89,11 +89,14 @@ def unlink(c, main=None, remote=None, clusters_dir=None):
     "remote": "a cluster to join to it (repeatable)",
     "dry-run": "contact no cluster: write every certificate and manifest under --out",
     "out": "where --dry-run writes (default: out/)",
-    "skip-preflight": "do not run preflight first (says so when used)",
+    "skip-preflight": "do not run preflight first (says so when used; the ownership "
+                      "checks still run)",
+    "force": "take over fields another tool manages (named in the output); never adopts "
+             "an Istio meshctl did not install",
     "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_preflight=False,
-              clusters_dir=None):
+              force=False, clusters_dir=None):
     """Join clusters into one mesh: preflight, certs, install, gateways, links (idempotent)."""
     cfg = config.load(_common.clusters_dir(clusters_dir))
     plan = topology.plan(cfg, main or "", remote or [])
@@ -102,7 +105,11 @@ def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_prefligh
         return
     if skip_preflight:
         report.err.print("warning: --skip-preflight: the clusters were not checked first")
-    outcome = flow.run(cfg, plan, skip_preflight=skip_preflight, progress=report.progress)
+    outcome = flow.run(cfg, plan, skip_preflight=skip_preflight, force=force,
+                       progress=report.progress)
+    for change in outcome.changes:
+        if "took over" in change:
+            report.err.print(f"warning: --force: {change}", markup=False, highlight=False)
     if outcome.mutations == 0:
         report.out.print("nothing to do: every cluster already matches the plan")
     else:
@@ -183,17 +190,25 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
         raise CheckFailed(f"verify: {failed} check(s) failed")
 
 
-@task(help={"cluster": "cluster to configure", "namespace": "namespace of the service",
+@task(help={"cluster": "a cluster of the mesh: the objects go to every primary cluster of "
+                       "its clusters folder (each istiod configures its own proxies)",
+            "namespace": "namespace of the service",
             "service": "service to split", "weights": "e.g. v1=80,v2=20 (must add up to 100)",
             "promote": "route 100% to this version (instead of --weights)",
-            "force": "take over a VirtualService/DestinationRule meshctl does not manage",
+            "force": "take over a VirtualService/DestinationRule meshctl does not manage "
+                     "(their extra spec fields are removed)",
             "dry-run": "print the YAML, contact no cluster",
             "json": "print one JSON document (schema meshctl.canary/v1)",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=None,
            force=False, dry_run=False, json=False, clusters_dir=None):
-    """Weighted routing between versions: DestinationRule subsets + VirtualService."""
+    """Weighted routing between versions: DestinationRule subsets + VirtualService.
+
+    Written to every primary of the mesh, host ``<service>.<namespace>.svc.<trustDomain>``;
+    every primary is checked (Service, namespace, who owns what is there) before the
+    first write.
+    """
     from meshctl import traffic  # imported here: only this task needs it
 
     cfg = config.load(_common.clusters_dir(clusters_dir))
@@ -222,9 +237,16 @@ def teardown(c, main=None, remote=None, yes=False, clusters_dir=None):
     if not yes:
         raise UsageError(f"teardown removes Istio, gateways, remote secrets and cacerts from "
                          f"{', '.join(plan.names)}; re-run with --yes to do it")
-    removed = flow.teardown(cfg, plan, progress=report.progress)
-    for line in removed:
-        report.out.print(f"removed {line}")
+    reports = flow.teardown(cfg, plan, progress=report.progress)
+    removed = 0
+    for name, done in reports.items():
+        for line in done.removed:
+            report.out.print(f"{name}: removed {line}", markup=False, highlight=False)
+        for line in done.restored:
+            report.out.print(f"{name}: restored {line}", markup=False, highlight=False)
+        for line in done.kept:
+            report.out.print(f"{name}: kept {line}", markup=False, highlight=False)
+        removed += len(done.removed)
     report.out.print("nothing to remove" if not removed else
                      f"teardown done; the local CA in {cfg.mesh.ca.dir} is kept")
 

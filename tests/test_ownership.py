@@ -1,0 +1,162 @@
+"""meshctl changes only what it owns, on clusters that already hold other teams' objects.
+
+Each test records foreign objects by uid and resourceVersion before meshctl runs and
+compares after: "exactly as found" means the same object, never rewritten.  Requests
+are counted by a proxy in front of each API server (meshctl's and istioctl's alike).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+from meshctl import certs, config
+from tests.api_proxy import ApiProxy
+from tests.test_bootstrap import KUBECTL, assert_torn_down, clusters_dir, run
+
+pytestmark = pytest.mark.sandbox
+
+NS = "istio-system"
+TEAM_LABELS = {"team": "platform-networking", "cost-center": "42"}
+
+
+@pytest.fixture(scope="module")
+def shared(sandbox_factory):
+    """Two clusters that other tests of this module damage on purpose."""
+    return sandbox_factory(2, nodes=1, cpu="8", memory="16Gi", label="ownership")
+
+
+def identity(obj) -> tuple[str, str]:
+    return obj.metadata.uid, obj.metadata.resource_version
+
+
+def kubectl(cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "--context",
+                           cluster.context, *args], capture_output=True, text=True, timeout=60)
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def proxied(tmp_path: Path, shared) -> Iterator[tuple[Path, dict[str, ApiProxy]]]:
+    proxies, kubeconfigs = {}, {}
+    for c in shared.clusters:
+        p = shared.state_dir / c.name / "pki"
+        proxy = ApiProxy(upstream=c.api_url, ca_file=p / "ca.crt", cert_file=p / "admin.crt",
+                         key_file=p / "admin.key")
+        proxy.start(tmp_path / f"proxy-{c.name}")
+        proxies[c.name] = proxy
+        kubeconfigs[c.name] = proxy.kubeconfig(tmp_path / f"{c.name}.kubeconfig", c.context)
+    yield clusters_dir(tmp_path, shared, {}, {}, kubeconfigs), proxies
+    for proxy in proxies.values():
+        proxy.stop()
+
+
+def args(folder: Path, *extra: str) -> list[str]:
+    return ["--main", "cluster1", "--remote", "cluster2", "--clusters-dir", str(folder),
+            *extra]
+
+
+def test_existing_istio_system_comes_back_as_found(tmp_path: Path, shared) -> None:
+    """A team's istio-system (labels, a ConfigMap) survives bootstrap and teardown."""
+    core = shared["cluster1"].core()
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(
+        name=NS, labels=dict(TEAM_LABELS))))
+    cm = core.create_namespaced_config_map(NS, k8s.V1ConfigMap(
+        metadata=k8s.V1ObjectMeta(name="team-settings"), data={"owner": "platform"}))
+    before_ns = core.read_namespace(NS)
+    folder = clusters_dir(tmp_path, shared, {}, {})
+    try:
+        up = run(shared, "bootstrap", *args(folder))
+        assert up.returncode == 0, up.stderr[-3000:]
+        during = core.read_namespace(NS)
+        assert during.metadata.uid == before_ns.metadata.uid
+        assert during.metadata.labels["topology.istio.io/network"] == "network1"
+        assert "app.kubernetes.io/managed-by" not in during.metadata.labels, \
+            "a namespace meshctl found is never labelled as meshctl's"
+        again = run(shared, "bootstrap", *args(folder))
+        assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+
+        down = run(shared, "teardown", *args(folder), "--yes")
+        assert down.returncode == 0, down.stderr[-3000:]
+        print(down.stdout)
+        assert "kept Namespace istio-system" in down.stdout
+        after_ns = core.read_namespace(NS)
+        assert after_ns.metadata.uid == before_ns.metadata.uid
+        assert after_ns.metadata.labels == before_ns.metadata.labels
+        assert (after_ns.metadata.annotations or {}) == (before_ns.metadata.annotations or {})
+        assert identity(core.read_namespaced_config_map("team-settings", NS)) == identity(cm)
+        left = [c.metadata.name for c in core.list_namespaced_config_map(NS).items]
+        assert "meshctl-install" not in left
+        assert not core.list_namespaced_secret(NS, label_selector=(
+            "app.kubernetes.io/managed-by=meshctl")).items
+    finally:
+        core.delete_namespace(NS)
+        assert_torn_down(shared, ["cluster1", "cluster2"])
+
+
+def test_field_owned_by_another_manager(tmp_path: Path, shared, proxied) -> None:
+    """kubectl owns the network label with another value: refused, then taken with --force,
+    and teardown puts kubectl's value back."""
+    folder, proxies = proxied
+    core = shared["cluster2"].core()
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NS)))
+    try:
+        labelled = kubectl(shared["cluster2"], "label", "namespace", NS,
+                           "topology.istio.io/network=their-network")
+        assert labelled.returncode == 0, labelled.stderr
+        refused = run(shared, "bootstrap", *args(folder))
+        assert refused.returncode == 1, refused.stderr[-2000:]
+        lines = error_lines(refused)
+        assert len(lines) == 1 and "Traceback" not in refused.stderr
+        assert "kubectl-label" in lines[0] and "topology.istio.io/network" in lines[0]
+        assert "--force" in lines[0]
+        for name, p in proxies.items():
+            assert p.mutations() == [], (name, p.mutations())
+
+        forced = run(shared, "bootstrap", *args(folder, "--force"))
+        assert forced.returncode == 0, forced.stderr[-3000:]
+        assert "took over" in forced.stderr and "kubectl-label" in forced.stderr
+        assert core.read_namespace(NS).metadata.labels[
+            "topology.istio.io/network"] == "network1"
+
+        down = run(shared, "teardown", *args(folder), "--yes")
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert core.read_namespace(NS).metadata.labels[
+            "topology.istio.io/network"] == "their-network"
+    finally:
+        core.delete_namespace(NS)
+        assert_torn_down(shared, ["cluster1", "cluster2"])
+
+
+def test_ca_conflict_on_one_cluster_writes_nothing_anywhere(tmp_path: Path, shared,
+                                                             proxied) -> None:
+    folder, proxies = proxied
+    other_ca = certs.make_root(config.load(folder).mesh.ca)
+    bundle = certs.make_intermediate(other_ca, "cluster2", config.load(folder).mesh.ca)
+    core = shared["cluster2"].core()
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NS)))
+    try:
+        import base64
+
+        core.create_namespaced_secret(NS, k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="cacerts"),
+            data={k: base64.b64encode(v).decode() for k, v in bundle.files().items()}))
+        for p in proxies.values():
+            p.reset()
+        result = run(shared, "bootstrap", *args(folder))
+        assert result.returncode == 1, result.stderr[-2000:]
+        lines = error_lines(result)
+        assert len(lines) == 1 and "cluster2" in lines[0] and "another CA" in lines[0]
+        for name, p in proxies.items():
+            assert p.mutations() == [], (name, p.mutations())
+        with pytest.raises(k8s.ApiException):
+            shared["cluster1"].core().read_namespace(NS)
+    finally:
+        core.delete_namespace(NS)
