@@ -1,20 +1,26 @@
 """Bootstrap fan-out on the sandbox: 1 main + 1 remote against 1 main + N remotes.
 
-Prints, from one run on one sandbox: wall time of a first bootstrap of 1+1 (the
-baseline), of 1+N, and of a re-run of each, with the write requests meshctl itself
-sent (istioctl's own requests are counted by tests/test_bootstrap.py through a proxy).
-Targets (issue 7): 1+N ≤ 2× of 1+1; re-run ≤ 25% of the first run, 0 writes.
+Each run starts a fresh sandbox of N+1 clusters and measures, on it: a first bootstrap
+of 1+1 (the baseline, same run), its re-run and teardown; then the same for 1+N.  It
+prints every run and the medians, with the write requests meshctl sent and the number
+of istioctl processes (counted by a wrapper that logs each call, then execs the real
+istioctl).  Targets (issue 15): 1+N at most 1.5x of 1+1 (median of 3 runs); re-run at
+most 25% of the first run with 0 writes.
 
-    python bench/bootstrap_fanout.py [--remotes 4] [--multi-network/--one-network]
+    python bench/bootstrap_fanout.py [--remotes 4] [--runs 3] [--one-network]
+    python bench/bootstrap_fanout.py --repeat 5      # stress: 1+N from fresh sandboxes
 
 All clusters are primaries (multi-primary: every cluster holds every other's secret,
-the heavier case); with --multi-network each has its own network and east-west gateway.
-Needs the sandbox binaries (meshctl sandbox.build).  Runs against loopback only.
+the heavier case); by default each has its own network and east-west gateway.  Needs
+the sandbox binaries (meshctl sandbox.build); runs against loopback only.  A failed
+run is one line with its cause, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from meshctl import bootstrap, config, sandbox, topology
+from meshctl.errors import MeshctlError
 
 
 def folder(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: bool) -> Path:
@@ -38,60 +45,121 @@ def folder(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: boo
     return out
 
 
-def timed(cfg: config.Config, plan: topology.Plan) -> tuple[float, int]:
-    start = time.perf_counter()
-    outcome = bootstrap.run(cfg, plan)
-    return time.perf_counter() - start, outcome.mutations
+class Istioctl:
+    """A wrapper script in front of the real istioctl that counts its processes."""
+
+    def __init__(self, base: Path, real: Path) -> None:
+        self.log = base / "istioctl.log"
+        self.path = base / "istioctl"
+        self.path.write_text(f'#!/bin/sh\necho "$1" >> "{self.log}"\nexec "{real}" "$@"\n')
+        self.path.chmod(0o755)
+        os.environ["MESHCTL_ISTIOCTL"] = str(self.path)
+
+    def calls(self) -> int:
+        try:
+            return len(self.log.read_text().splitlines())
+        except FileNotFoundError:
+            return 0
 
 
-def measure(base: Path, sb: sandbox.Sandbox, names: list[str],
-            multi_network: bool) -> dict[str, float]:
+def measure(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: bool,
+            ctl: Istioctl) -> dict[str, float]:
     cfg = config.load(folder(base, sb, names, multi_network))
     plan = topology.plan(cfg, names[0], names[1:])
-    first, first_writes = timed(cfg, plan)
-    again, again_writes = timed(cfg, plan)
+    before = ctl.calls()
+    start = time.perf_counter()
+    first = bootstrap.run(cfg, plan)
+    first_s = time.perf_counter() - start
+    procs = ctl.calls() - before
+    start = time.perf_counter()
+    again = bootstrap.run(cfg, plan)
+    rerun_s = time.perf_counter() - start
     start = time.perf_counter()
     bootstrap.teardown(cfg, plan)
-    down = time.perf_counter() - start
-    return {"first": first, "first_writes": first_writes, "rerun": again,
-            "rerun_writes": again_writes, "teardown": down}
+    return {"first": first_s, "first_writes": first.mutations, "rerun": rerun_s,
+            "rerun_writes": again.mutations, "teardown": time.perf_counter() - start,
+            "istioctl": procs}
+
+
+def one_run(base: Path, bins: Path, count: int, multi_network: bool,
+            only_large: bool = False) -> tuple[dict[str, float] | None, dict[str, float]]:
+    ctl = Istioctl(base, bins / "istioctl")
+    start = time.perf_counter()
+    sb = sandbox.up(base / "sandbox", clusters=count, nodes=1, cpu="8", memory="16Gi",
+                    binaries=bins)
+    print(f"  sandbox: {count} clusters up in {time.perf_counter() - start:.1f}s", flush=True)
+    try:
+        names = [c.name for c in sb.clusters]
+        small = None if only_large else measure(base / "a", sb, names[:2], multi_network, ctl)
+        large = measure(base / "b", sb, names, multi_network, ctl)
+    finally:
+        sandbox.down(base / "sandbox")
+    return small, large
+
+
+def report(runs: list[tuple[dict[str, float], dict[str, float]]], remotes: int) -> None:
+    print(f"\n{'median of ' + str(len(runs)) + ' runs':28}{'1+1 (baseline)':>16}"
+          f"{f'1+{remotes}':>10}{'ratio':>8}")
+    for key, label in (("first", "first bootstrap, s"), ("rerun", "re-run, s"),
+                       ("teardown", "teardown, s"), ("istioctl", "istioctl processes"),
+                       ("first_writes", "writes, first run"),
+                       ("rerun_writes", "writes, re-run")):
+        small = statistics.median(r[0][key] for r in runs)
+        large = statistics.median(r[1][key] for r in runs)
+        ratio = f"{large / small:>7.2f}x" if small else ""
+        print(f"{label:28}{small:>16.1f}{large:>10.1f}{ratio}")
+    ratios = [r[1]["first"] / r[0]["first"] for r in runs]
+    print(f"\n1+{remotes} vs 1+1, per run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+          f"median {statistics.median(ratios):.2f}x (target <= 1.5x)")
+    pairs = [r[i] for r in runs for i in (0, 1)]
+    reruns = [p["rerun"] / p["first"] for p in pairs]
+    clean = "yes" if all(p["rerun_writes"] == 0 for p in pairs) else "NO"
+    print(f"re-run vs first run: {min(reruns):.0%}-{max(reruns):.0%} (target <= 25%; "
+          f"0 writes: {clean})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--remotes", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="stress: bootstrap 1+N from this many fresh sandboxes")
     parser.add_argument("--one-network", action="store_true")
     args = parser.parse_args()
     bins = sandbox.locate()
     if bins is None:
         print("sandbox binaries missing: run 'meshctl sandbox.build'", file=sys.stderr)
         return 2
-    import os
-
-    os.environ.setdefault("MESHCTL_ISTIOCTL", str(bins / "istioctl"))
-    count = args.remotes + 1
-    with tempfile.TemporaryDirectory(prefix="meshctl-bench-") as tmp:
-        base = Path(tmp)
-        start = time.perf_counter()
-        sb = sandbox.up(base / "sandbox", clusters=count, nodes=1, cpu="8", memory="16Gi",
-                        binaries=bins)
-        print(f"sandbox: {count} clusters up in {time.perf_counter() - start:.1f}s")
-        try:
-            names = [c.name for c in sb.clusters]
-            small = measure(base / "a", sb, names[:2], not args.one_network)
-            large = measure(base / "b", sb, names, not args.one_network)
-        finally:
-            sandbox.down(base / "sandbox")
-    print(f"\n{'':24}{'1+1 (baseline)':>16}{f'1+{args.remotes}':>12}{'ratio':>8}")
-    for key, label in (("first", "first bootstrap, s"), ("rerun", "re-run, s"),
-                       ("teardown", "teardown, s")):
-        print(f"{label:24}{small[key]:>16.1f}{large[key]:>12.1f}"
-              f"{large[key] / small[key]:>7.2f}x")
-    for key, label in (("first_writes", "writes, first run"), ("rerun_writes", "writes, re-run")):
-        print(f"{label:24}{small[key]:>16.0f}{large[key]:>12.0f}")
-    print(f"\n1+{args.remotes} vs 1+1: {large['first'] / small['first']:.2f}x (target <= 2x); "
-          f"re-run vs first: {small['rerun'] / small['first']:.0%} and "
-          f"{large['rerun'] / large['first']:.0%} (target <= 25%, 0 writes)")
+    count, multi = args.remotes + 1, not args.one_network
+    if args.repeat:
+        ok = 0
+        for i in range(args.repeat):
+            print(f"stress run {i + 1}/{args.repeat}:", flush=True)
+            with tempfile.TemporaryDirectory(prefix="meshctl-bench-") as tmp:
+                try:
+                    _, large = one_run(Path(tmp), bins, count, multi, only_large=True)
+                    ok += 1
+                    print(f"  1+{args.remotes}: {large['first']:.1f}s, "
+                          f"{large['istioctl']:.0f} istioctl processes")
+                except MeshctlError as e:
+                    print(f"  failed: {e}")
+        print(f"\nstress: {ok}/{args.repeat} bootstraps of 1+{args.remotes} succeeded")
+        return 0 if ok == args.repeat else 1
+    runs = []
+    for i in range(args.runs):
+        print(f"run {i + 1}/{args.runs}:", flush=True)
+        with tempfile.TemporaryDirectory(prefix="meshctl-bench-") as tmp:
+            try:
+                small, large = one_run(Path(tmp), bins, count, multi)
+            except MeshctlError as e:
+                print(f"  failed: {e}")
+                return 1
+        assert small is not None
+        print(f"  1+1 {small['first']:.1f}s ({small['istioctl']:.0f} istioctl), "
+              f"1+{args.remotes} {large['first']:.1f}s ({large['istioctl']:.0f} istioctl): "
+              f"{large['first'] / small['first']:.2f}x", flush=True)
+        runs.append((small, large))
+    report(runs, args.remotes)
     return 0
 
 

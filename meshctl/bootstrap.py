@@ -340,8 +340,8 @@ def install_one(config: Config, plan: Plan, name: str, *,
                 progress: install.Progress = install._quiet) -> str | None:
     """Istio on one cluster; a remote-role cluster reads its main's east-west address."""
     cp = plan.get(name)
-    k = kube.client(config.clusters[name])
-    ctl = istio.find()
+    known = facts.gather(config, plan, skip_preflight=True, names=[name])
+    k, ctl = known.clients[name], known.istioctl
     main_address = None
     if cp.control_plane:
         main_k = kube.client(config.clusters[cp.control_plane])

@@ -94,12 +94,11 @@ def _record_problem(rec: Mapping[str, str], plan: Plan, name: str,
     return f"{name}: {problem}" if problem else None
 
 
-def _foreign_istio(config: Config, plan: Plan, ctl: istio.Istioctl,
+def _foreign_istio(config: Config, plan: Plan, names: list[str], ctl: istio.Istioctl,
                    skip_preflight: bool) -> list[str]:
     """preflight (or, with --skip-preflight, only its ownership checks) on every cluster."""
     from meshctl import preflight  # imported late: large, and only needed here
 
-    names = list(plan.names)
     if skip_preflight:
         results = preflight.foreign_istio(config, names, plan=plan, istioctl=ctl)
         return [f"{r.cluster}: {r.message}" for r in results if r.status == "FAIL"]
@@ -107,13 +106,16 @@ def _foreign_istio(config: Config, plan: Plan, ctl: istio.Istioctl,
     return [preflight.summary(reports)] if preflight.failed(reports) else []
 
 
-def gather(config: Config, plan: Plan, *, skip_preflight: bool = False,
-           force: bool = False) -> Facts:
-    """Every client, istioctl, preflight, records, live ``cacerts``: raise before writing."""
-    names = list(plan.names)
+def gather(config: Config, plan: Plan, *, skip_preflight: bool = False, force: bool = False,
+           names: Sequence[str] | None = None) -> Facts:
+    """Every client, istioctl, preflight, records, live ``cacerts``: raise before writing.
+
+    ``names`` narrows the clusters (``install --cluster X``); default: the whole plan.
+    """
+    names = list(names or plan.names)
     clients = each(names, lambda n: kube.client(config.clusters[n]))
     ctl = istio.find()
-    problems = _foreign_istio(config, plan, ctl, skip_preflight)
+    problems = _foreign_istio(config, plan, names, ctl, skip_preflight)
     hints = ["meshctl changes only what it owns: see the README, 'Clusters that already "
              "run Istio'"] if problems else []
     records = each(names, lambda n: install.recorded(clients[n]))

@@ -82,6 +82,12 @@ def test_existing_istio_system_comes_back_as_found(tmp_path: Path, shared) -> No
             "a namespace meshctl found is never labelled as meshctl's"
         again = run(shared, "bootstrap", *args(folder))
         assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+        # verify deploys its sample in its own namespace and removes it: the sandbox cannot
+        # carry traffic (exit 1, "traffic was NOT checked"), but it must not touch ours
+        checked = run(shared, "verify", *args(folder), "--timeout", "120")
+        assert checked.returncode in (0, 1), checked.stderr[-2000:]
+        assert "Traceback" not in checked.stderr
+        assert identity(core.read_namespaced_config_map("team-settings", NS)) == identity(cm)
 
         down = run(shared, "teardown", *args(folder), "--yes")
         assert down.returncode == 0, down.stderr[-3000:]
@@ -160,3 +166,31 @@ def test_ca_conflict_on_one_cluster_writes_nothing_anywhere(tmp_path: Path, shar
             shared["cluster1"].core().read_namespace(NS)
     finally:
         core.delete_namespace(NS)
+
+
+def test_other_istioctl_version_is_not_nothing_to_do(tmp_path: Path, shared, proxied) -> None:
+    """A re-run with another istioctl than the one that installed says so (exit 1)."""
+    folder, proxies = proxied
+    try:
+        up = run(shared, "bootstrap", *args(folder))
+        assert up.returncode == 0, up.stderr[-3000:]
+        core = shared["cluster2"].core()
+        record = core.read_namespaced_config_map("meshctl-install", NS)
+        assert record.data["istioctl-version"] == "1.31-dev"
+        # as if an older istioctl had installed it: the record is the only witness
+        core.patch_namespaced_config_map("meshctl-install", NS,
+                                         {"data": {"istioctl-version": "1.30.2"}})
+        for p in proxies.values():
+            p.reset()
+        again = run(shared, "bootstrap", *args(folder))
+        assert again.returncode == 1, again.stdout[-1000:] + again.stderr[-2000:]
+        assert "nothing to do" not in again.stdout
+        lines = error_lines(again)
+        assert len(lines) == 1 and "1.30.2" in lines[0] and "1.31-dev" in lines[0], lines
+        assert "cluster2" in lines[0] and "hint:" in lines[0]
+        for name, p in proxies.items():
+            assert p.mutations() == [], (name, p.mutations())
+    finally:
+        down = run(shared, "teardown", *args(folder), "--yes")
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert_torn_down(shared, ["cluster1", "cluster2"])
