@@ -256,6 +256,21 @@ def test_kubernetes_below_1_28_fails_whatever_istioctl_says() -> None:
     assert checks_mod.kubernetes_version(f, None).status == "WARN"  # istioctl unknown
 
 
+def test_foreign_istio_reports_a_cluster_it_cannot_read_as_a_fail(tmp_path: Path) -> None:
+    """bootstrap's pre-write check: not knowing is a FAIL for that cluster, not a pass."""
+    kubeconfig = tmp_path / "dead.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+        "clusters": [{"name": "dead", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
+    folder = factories.write_folder(tmp_path, [factories.cluster_doc(
+        "cluster1", context="dead", kubeconfig=str(kubeconfig))])
+    results = preflight.foreign_istio(config_mod.load(folder), ["cluster1"])
+    assert [(r.cluster, r.check, r.status) for r in results] == [("cluster1", "api", "FAIL")]
+    assert "not-a-secret" not in results[0].message
+
+
 # --- the CLI without a cluster ----------------------------------------------------------
 
 
