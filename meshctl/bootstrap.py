@@ -169,15 +169,15 @@ def dry_run(config: Config, plan: Plan, out: Path) -> DryRun:
     document = plan_document(config, plan, result)
     payload[out / PLAN_FILE] = (json.dumps(document, indent=2).encode() + b"\n", files.PUBLIC)
 
-    for c in plan.clusters:  # drop files an earlier dry-run wrote that this plan has not
+    # all files or none (a full disk or a read-only --out is one line, nothing half-written)
+    result.written.extend(files.write_all(payload))
+    for c in plan.clusters:  # then drop files an earlier dry-run wrote that this plan has not
         folder = out / c.name
         if folder.is_dir():
             for stale in folder.iterdir():
                 if stale.is_file() and stale not in payload and stale.suffix in (".pem",
                                                                                    ".yaml"):
                     stale.unlink()
-    for path, (data, mode) in payload.items():
-        result.written.append(files.write_atomic(path, data, mode=mode))
     return result
 
 

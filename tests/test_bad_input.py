@@ -208,11 +208,12 @@ def _folder(tmp: Path, kubeconfig: Path | None = None, **extra: object) -> Path:
                               cluster_doc("cluster2", network="network2")])
 
 
-def _run_cli(tmp: Path, *args: str, code: int, needles: tuple[str, ...]) -> None:
+def _run_cli(tmp: Path, *args: str, code: int, needles: tuple[str, ...],
+             tool: str = "meshctl") -> None:
     cache = tmp / "cache"
     before = _tree(tmp)
     result = meshctl(*args, cwd=tmp, env={"XDG_CACHE_HOME": str(cache),
-                                          "MESHCTL_API_DEADLINE": "2"})
+                                          "MESHCTL_API_DEADLINE": "2"}, tool=tool)
     assert_one_line_error(result, code, *needles)
     assert TOKEN not in result.stdout + result.stderr
     assert _tree(tmp) == before
@@ -297,6 +298,13 @@ def _non_ca_root(tmp: Path) -> Path:
     return _root_files(tmp, pki.cert_pem(cert), pki.key_pem(key))
 
 
+def _ca_in_sys(tmp: Path) -> Path:
+    """ca.dir where even root may not write (sysfs refuses new files)."""
+    return write_folder(tmp, [cluster_doc("cluster1"), cluster_doc("cluster2")],
+                        {**mesh_doc(tmp), "ca": {**mesh_doc(tmp)["ca"],
+                                                 "dir": "/sys/meshctl-ca"}})
+
+
 def _junk_intermediate(tmp: Path) -> Path:
     folder = _folder(tmp)
     assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0
@@ -346,14 +354,26 @@ CLI_CASES = [
     CliCase("root-not-a-ca", ISSUE, ("root-cert.pem is not a CA",), setup=_non_ca_root),
     CliCase("intermediate-pem-truncated", ISSUE, ("cluster1", "cannot read the intermediate"),
             setup=_junk_intermediate),
+    CliCase("ca-dir-not-writable", ("certs.init",),
+            ("/sys/meshctl-ca/root-key.pem", "cannot write", "Operation not permitted"),
+            setup=_ca_in_sys),
+    CliCase("out-not-writable", ("bootstrap", "--main", "cluster1", "--remote",
+                                 "cluster2", "--dry-run", "--out", "/sys/meshctl-out"),
+            ("/sys/meshctl-out/", "cannot write", "Operation not permitted")),
+    CliCase("flag-unknown-under-invoke", ("--invoke", "bootstrap", "--mian", "x"),
+            ("'--mian'",), code=1),
 ]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
 def test_cli_refuses_bad_input(tmp_path: Path, case: CliCase) -> None:
     folder = (case.setup or _plain)(tmp_path)
-    _run_cli(tmp_path, *case.args, "--clusters-dir", str(folder), code=case.code,
-             needles=case.needles)
+    args = case.args
+    tool = "meshctl"
+    if args[0] == "--invoke":  # README: the plain invoke binary keeps its own code 1
+        tool, args = "invoke", args[1:]
+    _run_cli(tmp_path, *args, "--clusters-dir", str(folder), code=case.code,
+             needles=case.needles, tool=tool)
 
 
 # --- remote-secret contents: istioctl's output, before anything is applied ---------------
