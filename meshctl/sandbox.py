@@ -141,8 +141,13 @@ def shapes(clusters: int | Sequence[Shape], *, nodes: int = 3, cpu: str = "4",
 
 def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] = 2,
        nodes: int = 3, cpu: str = "4", memory: str = "8Gi", pods: int = 110,
-       binaries: Path | None = None, progress: Progress | None = None) -> Sandbox:
+       binaries: Path | None = None, progress: Progress | None = None,
+       istiod: bool | None = None) -> Sandbox:
     """Start the clusters in parallel and wait until each is usable; write their files.
+
+    ``istiod`` (default: ``$MESHCTL_SANDBOX_ISTIOD`` != "off"): run the real istiod for
+    istiod pods (``sandbox_istiod``); off, istiod pods are only marked Ready and the
+    webhook stand-in answers every webhook (lighter, and proves less).
 
     On any failure (or Ctrl-C) everything already started is stopped and only the logs
     are kept, so the error's pointer to a log still leads somewhere.
@@ -164,7 +169,9 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
         say(f"starting {len(plans)} cluster(s) in {state}")
         _start_all(plans, bins, say)
         sandbox = _write_outputs(state, bins, plans, creds)
-        lb_pid = _start_lb(state, plans, bins)
+        if istiod is None:
+            istiod = os.environ.get("MESHCTL_SANDBOX_ISTIOD", "on") != "off"
+        lb_pid = _start_lb(state, plans, bins, istiod)
         sandbox = replace(sandbox, lb_pid=lb_pid)
         # The record for status/down/load; pid files stay the truth for stopping.
         files.write_atomic(state / STATE_FILE, json.dumps(_to_json(sandbox), indent=2))
@@ -266,13 +273,14 @@ def mesh_file(state: Path) -> dict[str, Any]:
                    "intermediateDays": 730, "organization": "meshctl"}}
 
 
-def _start_lb(state: Path, plans: list[cluster.ClusterPlan], bins: Path) -> int:
+def _start_lb(state: Path, plans: list[cluster.ClusterPlan], bins: Path,
+              istiod: bool = True) -> int:
     """Start the controller process (LoadBalancer loop, istiod's kubelet, webhook stand-in)
     for all clusters and wait for its first full sync."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     argv = [sys.executable, "-m", "meshctl.sandbox_lb", str(state), f"--bin={bins}",
-            *[f"{p.name}={p.server}" for p in plans]]
+            *([] if istiod else ["--no-istiod"]), *[f"{p.name}={p.server}" for p in plans]]
     proc = procs.spawn(state, "sandbox", "lb", argv, env=env)
     try:
         procs.wait_for("LoadBalancer loop", lambda: (state / READY_FILE).exists(),

@@ -35,113 +35,49 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from meshctl import files
 from meshctl import sandbox_pod as pod_fs
 from meshctl.sandbox_api import Api, ApiError
 from meshctl.sandbox_cluster import free_port
-from meshctl.sandbox_procs import alive, pid_file
+from meshctl.sandbox_istiod_report import (
+    BACKOFF_MAX,
+    BINARY,
+    CONTAINER,
+    KUBELETS,
+    LISTEN,
+    SELECTOR,
+    TICK,
+    VOLUME_SYNC,
+    Reporting,
+    Running,
+    _cri_log,
+    _port_of,
+    discovery,
+    now,
+    selects_istiod,
+    split_args,
+)
+from meshctl.sandbox_procs import pid_file
 from meshctl.sandbox_proxy import Address, ServiceProxy
 
-SELECTOR = "app=istiod"
-CONTAINER = "discovery"
-BINARY = "pilot-discovery"
-# pilot-discovery's listen flags and their defaults (pilot/cmd/pilot-discovery/app/cmd.go).
-LISTEN = {"--httpAddr": 8080, "--httpsAddr": 15017, "--grpcAddr": 15010,
-          "--secureGRPCAddr": 15012, "--monitoringAddr": 15014}
-OWNED_FLAGS = (*LISTEN, "--kubeconfig", "--ctrlz_port", "--ctrlz_address")
-KWOK = "/apis/kwok.x-k8s.io/v1alpha1/namespaces"
-TICK = 1.0
-VOLUME_SYNC = 2.0
-BACKOFF_MAX = 300.0
+__all__ = ["CONTAINER", "KUBELETS", "Kubelet", "discovery", "selects_istiod"]
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def is_istiod(pod: dict[str, Any]) -> bool:
-    return (pod.get("metadata", {}).get("labels") or {}).get("app") == "istiod"
-
-
-def discovery(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The pod's ``discovery`` container if it runs ``pilot-discovery discovery``."""
-    for c in pod.get("spec", {}).get("containers") or []:
-        if c.get("name") == CONTAINER and (c.get("args") or [""])[0] == "discovery":
-            return dict(c)
-    return None
-
-
-def selects_istiod(svc: dict[str, Any]) -> bool:
-    """A Service whose backends are istiod pods, which the sandbox runs for real.
-
-    The webhook stand-in leaves these alone: their webhooks reach the real istiod.
-    """
-    return ((svc.get("spec") or {}).get("selector") or {}).get("app") == "istiod"
-
-
-def split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The pod's args without the flags the sandbox sets, and those flags' pod values."""
-    kept: list[str] = []
-    found: dict[str, str] = {}
-    it = iter(args)
-    for arg in it:
-        name, eq, value = arg.partition("=")
-        if name in OWNED_FLAGS:
-            found[name] = value if eq else next(it, "")
-            continue
-        kept.append(arg)
-    return kept, found
-
-
-def _port_of(addr: str, default: int) -> int:
-    tail = addr.rsplit(":", 1)[-1] if addr else ""
-    return int(tail) if tail.isdigit() else default
-
-
-@dataclass
-class Running:
-    """One istiod process and what the sandbox keeps for its pod."""
-
-    uid: str
-    namespace: str
-    name: str
-    dir: Path
-    ports: dict[int, int]                 # container port -> host port on the node IP
-    popen: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    ready: bool = False
-    started_at: str = ""
-    last_exit: int | None = None
-    next_start: float = 0.0
-    next_probe: float = 0.0
-    next_volumes: float = 0.0
-    volumes: dict[str, pod_fs.VolumeState] = field(default_factory=dict)
-
-    @property
-    def root(self) -> Path:
-        return self.dir / "root"
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-class Kubelet:
+class Kubelet(Reporting):
     """Runs istiod pods of one cluster; see the module docstring."""
 
-    def __init__(self, state_dir: Path, cluster: str, api: Api, node_ip: str, bin_dir: Path,
-                 proxy: ServiceProxy) -> None:
+    def __init__(self, state_dir: Path, cluster: str, api: Api, node_ip: str,
+                 bin_dir: Path | None, proxy: ServiceProxy) -> None:
+        """``bin_dir`` None: run no process, only mark istiod pods Ready and delete them
+        (``sandbox.up(istiod=False)``: the lighter sandbox with the webhook stand-in)."""
         self.state_dir = state_dir
         self.cluster = cluster
         self.api = api
         self.node_ip = node_ip
-        self.binary = bin_dir / BINARY
+        self.binary = bin_dir / BINARY if bin_dir else None
         self.proxy = proxy
         self.source = pod_fs.Source(api)
         self.pods: dict[str, dict[str, Any]] = {}
@@ -149,9 +85,6 @@ class Kubelet:
         self.routes: dict[Address, list[Address]] = {}
         self.lock = threading.Lock()
         self.synced = threading.Event()
-
-    def say(self, message: str) -> None:
-        print(f"{self.cluster}: istiod: {message}", flush=True)
 
     # --- watching pods --------------------------------------------------------------------
 
@@ -205,7 +138,7 @@ class Kubelet:
             if pod["metadata"].get("deletionTimestamp"):
                 self.terminate(pod)
                 continue
-            if discovery(pod) is None:
+            if self.binary is None or discovery(pod) is None:
                 self.mark_ready_without_process(pod)
                 continue
             run = self.running.get(uid)
@@ -371,150 +304,3 @@ class Kubelet:
 
     def pid_path(self, run: Running) -> Path:
         return pid_file(self.state_dir, self.cluster, f"istiod-{run.namespace}-{run.name}")
-
-    # --- readiness and status ------------------------------------------------------------
-
-    @staticmethod
-    def probe_spec(pod: dict[str, Any]) -> dict[str, Any]:
-        return dict((discovery(pod) or {}).get("readinessProbe") or {})
-
-    def probe(self, pod: dict[str, Any], run: Running) -> None:
-        spec = self.probe_spec(pod)
-        run.next_probe = time.monotonic() + float(spec.get("periodSeconds", 3))
-        http = spec.get("httpGet")
-        ready = True
-        if http:
-            port = pod_fs.container_port(discovery(pod) or {}, http.get("port", 80))
-            host_port = run.ports.get(port or -1)
-            url = f"http://{self.node_ip}:{host_port}{http.get('path', '/')}"
-            try:
-                with urllib.request.urlopen(url, timeout=float(spec.get("timeoutSeconds", 1))):
-                    ready = True
-            except Exception:  # refused, 503 while syncing, timeout: all "not ready"
-                ready = False
-        if ready != run.ready:
-            run.ready = ready
-            self.say(f"{run.key}: ready={ready}")
-            self.patch_status(pod, run)
-
-    def patch_status(self, pod: dict[str, Any], run: Running | None) -> None:
-        """Ready/ContainersReady and container states, as kubelet reports them."""
-        status = pod.get("status") or {}
-        if status.get("phase") != "Running":
-            return  # kwok has not played its stage yet; the next probe patches again
-        ready = bool(run and run.ready)
-        flag = "True" if ready else "False"
-        conditions = [c for c in status.get("conditions") or []
-                      if c.get("type") not in ("Ready", "ContainersReady")]
-        conditions += [{"type": t, "status": flag, "lastTransitionTime": now()}
-                       for t in ("Ready", "ContainersReady")]
-        statuses = []
-        for c in pod["spec"]["containers"]:
-            mine = run is not None and c["name"] == CONTAINER
-            state: dict[str, Any] = {"running": {"startedAt": (run.started_at if mine and run
-                                                               else now())}}
-            if mine and run is not None and run.popen is None:
-                state = {"waiting": {"reason": "CrashLoopBackOff",
-                                     "message": f"exit code {run.last_exit}"}}
-            statuses.append({"name": c["name"], "image": c.get("image", ""), "imageID": "",
-                             "ready": ready if mine else run is None or ready,
-                             "started": "running" in state,
-                             "restartCount": run.restarts if mine and run else 0,
-                             "state": state})
-        meta = pod["metadata"]
-        with contextlib.suppress(ApiError):
-            self.api.merge_patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-                                 "/status", {"status": {"conditions": conditions,
-                                                        "containerStatuses": statuses}})
-
-    def mark_ready_without_process(self, pod: dict[str, Any]) -> None:
-        """An app=istiod pod without a discovery container: Ready, as kwok would mark it."""
-        status = pod.get("status") or {}
-        if status.get("phase") == "Running" and not any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or []):
-            self.patch_status(pod, None)
-
-    # --- kwok's kubelet API and the Service routes ---------------------------------------
-
-    def publish_kwok(self, pod: dict[str, Any], run: Running) -> None:
-        """PortForward, Exec and Logs for this pod, owned by it (GC removes them with it)."""
-        meta = pod["metadata"]
-        owner = [{"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}]
-        log = str(self.log_path(run))
-        specs = {
-            "portforwards": ("PortForward", {"forwards": [
-                {"ports": [c], "target": {"port": h, "address": self.node_ip}}
-                for c, h in run.ports.items()]}),
-            "execs": ("Exec", {"execs": [{"containers": [CONTAINER],
-                                          "local": {"workDir": str(run.root)}}]}),
-            "logs": ("Logs", {"logs": [{"containers": [CONTAINER], "logsFile": log,
-                                        "follow": True}]}),
-        }
-        for plural, (kind, spec) in specs.items():
-            body = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": kind,
-                    "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                                 "ownerReferences": owner}, "spec": spec}
-            path = f"{KWOK}/{meta['namespace']}/{plural}"
-            try:
-                self.api.post(path, body)
-            except ApiError as e:
-                if e.status != 409:
-                    raise
-                self.api.request("PUT", f"{path}/{meta['name']}", {
-                    **body, "metadata": {**body["metadata"], "resourceVersion": self.api.get(
-                        f"{path}/{meta['name']}")["metadata"]["resourceVersion"]}})
-
-    def sync_routes(self, pods: dict[str, dict[str, Any]]) -> None:
-        """ClusterIP:port of every Service selecting a running istiod → its ready ports."""
-        namespaces = {r.namespace for r in self.running.values()}
-        routes: dict[Address, list[Address]] = {}
-        for ns in sorted(namespaces):
-            for svc in self.api.get(f"/api/v1/namespaces/{ns}/services")["items"]:
-                spec = svc.get("spec") or {}
-                selector = spec.get("selector") or {}
-                ip = spec.get("clusterIP")
-                if not selector or not ip or ip == "None":
-                    continue
-                for run in self.running.values():
-                    pod = pods.get(run.uid)
-                    labels = (pod or {}).get("metadata", {}).get("labels") or {}
-                    if run.namespace != ns or not selector.items() <= labels.items():
-                        continue
-                    for sp in spec.get("ports") or []:
-                        target = pod_fs.container_port(discovery(pod or {}) or {},
-                                                       sp.get("targetPort", sp["port"]))
-                        backends = routes.setdefault((ip, int(sp["port"])), [])
-                        if run.ready and target in run.ports:
-                            backends.append((self.node_ip, run.ports[target]))
-        if routes != self.routes:
-            self.routes = routes
-            self.proxy.set_routes(_merge_routes())
-
-
-# All clusters share one proxy; each Kubelet's table is merged before applying.
-KUBELETS: list[Kubelet] = []
-
-
-def _merge_routes() -> dict[Address, list[Address]]:
-    merged: dict[Address, list[Address]] = {}
-    for k in KUBELETS:
-        for front, backends in k.routes.items():
-            merged.setdefault(front, []).extend(backends)
-    return merged
-
-
-def _cri_log(stream: IO[bytes] | None, log: Path) -> None:
-    """Write the process's output in the CRI log format kwok's Logs reader parses."""
-    if stream is None:
-        return
-    with open(log, "ab", buffering=0) as out:
-        for line in stream:
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
-            out.write(stamp + b" stdout F " + line.rstrip(b"\n") + b"\n")
-
-
-def alive_processes(state_dir: Path, cluster: str) -> list[str]:
-    """Pid-file names of this cluster's istiod processes that are running (for status)."""
-    return [pf.stem for pf in (state_dir / "pids").glob(f"{cluster}-istiod-*.pid")
-            if alive(int(pf.read_text().strip() or 0), state_dir)]

@@ -85,9 +85,10 @@ def run_cluster(state_dir: Path, name: str, api: Api, ip: str, ready: threading.
 def main(argv: list[str]) -> int:
     state_dir = Path(argv[0])
     bins = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--bin=")]
+    real_istiod = "--no-istiod" not in argv[1:]
     events = []
     stand_in = sandbox_webhooks.StandIn(workdir=state_dir)
-    proxy = ServiceProxy(log=lambda m: print(m, flush=True)) if bins else None
+    proxy = ServiceProxy(log=lambda m: print(m, flush=True))
     for arg in argv[1:]:
         if arg.startswith("--"):
             continue
@@ -100,13 +101,14 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=run_cluster, args=(state_dir, name, api, ip, ready),
                          daemon=True, name=name).start()
         threading.Thread(target=sandbox_webhooks.run_cluster,
-                         args=(state_dir, name, api, stand_in, proxy is not None),
+                         args=(state_dir, name, api, stand_in, real_istiod),
                          daemon=True, name=f"{name} webhooks").start()
-        if proxy is not None:
-            kubelet = sandbox_istiod.Kubelet(state_dir, name, api, ip, Path(bins[0]), proxy)
-            sandbox_istiod.KUBELETS.append(kubelet)
-            threading.Thread(target=kubelet.run_forever, daemon=True,
-                             name=f"{name} istiod").start()
+        # istiod pods: the real process, or (--no-istiod) just Ready without one
+        binary = Path(bins[0]) if bins and real_istiod else None
+        kubelet = sandbox_istiod.Kubelet(state_dir, name, api, ip, binary, proxy)
+        sandbox_istiod.KUBELETS.append(kubelet)
+        threading.Thread(target=kubelet.run_forever, daemon=True,
+                         name=f"{name} istiod").start()
     for ready in events:
         ready.wait()
     (state_dir / READY_FILE).write_text("ok\n")

@@ -58,6 +58,7 @@ from meshctl import (
     ownership,
     remote_kubeconfig,
     remote_secret,
+    verify_control_plane,
 )
 from meshctl.config import Config
 from meshctl.errors import CheckFailed, MeshctlError, one_line
@@ -689,6 +690,8 @@ def run(config: Config, plan: Plan, *, requests: int = 10, keep: bool = False,
     progress(plan.main, "static checks …")
     checks = static_checks(config, plan, clients)
     if not all(c.status == PASS for c in checks):
+        # control-plane half (verify_control_plane): istiod's own view, without the sample
+        checks += verify_control_plane.checks(config, plan, clients)
         reason = "traffic was NOT checked: the static checks failed, so no sample was deployed"
         checks.append(Check("traffic", "requests", None, SKIP, reason))
         return Result(plan.main, plan.remotes, tuple(checks),
@@ -696,6 +699,9 @@ def run(config: Config, plan: Plan, *, requests: int = 10, keep: bool = False,
     traffic_list, traffic = traffic_checks(config, plan, clients, requests=requests,
                                            namespace=namespace, timeout=timeout,
                                            progress=progress)
+    # control-plane half (verify_control_plane): each primary's istiod, sample deployed
+    progress(plan.main, "asking each istiod what it sees …")
+    traffic_list += verify_control_plane.checks(config, plan, clients, namespace=namespace)
     removed: list[str] = []
     if not keep:
         removed = cleanup(config, plan, clients, namespace)

@@ -41,15 +41,17 @@ def build(c):
     "cpu": "allocatable CPU per node, a Kubernetes quantity (4, 3500m), default 4",
     "memory": "allocatable memory per node, a Kubernetes quantity (8Gi), default 8Gi",
     "pods": "allocatable pods per node, default 110",
+    "no-istiod": "do not run the real istiod for istiod pods (only mark them Ready; the "
+                 "webhook stand-in answers Istio's webhooks): lighter, proves less",
 })
 @guard
-def up(c, clusters=None, nodes=None, cpu="4", memory="8Gi", pods=None):
+def up(c, clusters=None, nodes=None, cpu="4", memory="8Gi", pods=None, no_istiod=False):
     """Start N local clusters (real control planes, simulated nodes)."""
     # Numbers arrive as strings (None defaults) so a bad value is our one-line exit 2,
     # not a traceback from invoke's int() cast.
     shapes = sandbox.shapes(_int("--clusters", clusters or 2), nodes=_int("--nodes", nodes or 3),
                             cpu=str(cpu), memory=str(memory), pods=_int("--pods", pods or 110))
-    sb = sandbox.up(clusters=shapes, progress=_progress)
+    sb = sandbox.up(clusters=shapes, progress=_progress, istiod=False if no_istiod else None)
     for cl in sb.clusters:
         print(f"{cl.name}: {cl.server}  context {cl.context}")
     print(f"kubeconfig:   {sb.kubeconfig}")
