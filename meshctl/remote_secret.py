@@ -165,8 +165,19 @@ def create(istioctl: istio.Istioctl, remote: Cluster, server: Server, *,
 
 
 def apply(main: kube.Kube, secret: RemoteSecret) -> str:
-    """Create or update the secret on the main; ``unchanged`` makes no write."""
-    return kube.ensure(main, secret.body)
+    """Create or update the secret on the main; ``unchanged`` makes no write.
+
+    A remote secret that carries meshctl's label is meshctl's through and through: its
+    content is what istioctl derived from the remote cluster a moment ago.  When another
+    writer changed it (a tampered kubeconfig that would make istiod, or a careless
+    operator, talk to the wrong place), a plain re-run puts meshctl's content back and
+    the result says whose fields it took over; it is never silent.  A Secret of that
+    name without meshctl's label is someone else's and stays a refusal (exit 1).
+    """
+    path = secret_path(secret.source)
+    live = main.get(path, what=f"read Secret {NAMESPACE}/{secret_name(secret.source)}")
+    return kube.ensure(main, secret.body, live=live,
+                       force=live is not None and ownership.is_managed(live))
 
 
 def read(main: kube.Kube, source: str) -> dict | None:

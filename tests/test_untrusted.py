@@ -6,9 +6,8 @@ an exec plugin (whose command would create a marker file), a ``tokenFile``, clie
 certificate/key paths, an auth-provider, a YAML list, binary junk or an alias bomb.  For
 each, ``verify``, ``status``, ``certs.status`` and ``preflight`` run: the marker never
 appears, there is no traceback, verify FAILs naming the Secret and the field, status
-lists it as refused.  Then a plain ``bootstrap`` re-run should put the real secret back
-(see that test's xfail reason: it depends on how server-side apply treats a field the
-tampering client now owns).
+lists it as refused.  Then a plain ``bootstrap`` re-run puts the real secret back and
+says whose field it took over (the tampering client's, under server-side apply).
 
 TLS: a kubeconfig for cluster1 that trusts cluster2's CA, and one whose server is a
 plain-HTTP listener: ``preflight``, ``status`` and ``certs.status`` each name the cluster
@@ -138,17 +137,13 @@ def _tamper(mesh: SandboxHandle, saved: k8s.V1Secret, kind: str, tmp: Path) -> d
     return real
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 12 wants a plain bootstrap re-run to repair the secret; with server-side apply "
-    "(issue 11) the tampering client now owns data.cluster2 and bootstrap stops with a "
-    "field conflict naming it (exit 1) unless --force: the lead decides which rule wins "
-    "for meshctl's own remote secrets"))
 def test_plain_bootstrap_repairs_a_tampered_secret(mesh: SandboxHandle, tmp_path: Path,
                                                    saved_secret: k8s.V1Secret) -> None:
     _tamper(mesh, saved_secret, "exec-plugin", tmp_path)
     repair = _run(mesh, "bootstrap", "--main", "cluster1", "--remote", "cluster2")
     assert not (tmp_path / "marker").exists()
     assert repair.returncode == 0, (repair.stdout[-2000:], repair.stderr[-2000:])
+    assert "took over" in repair.stdout + repair.stderr  # said, never silent
     again = mesh[0].core().read_namespaced_secret(SECRET, NS)
     fixed = yaml.safe_load(base64.b64decode(again.data["cluster2"]))
     assert set(fixed["users"][0]["user"]) == {"token"}
