@@ -150,8 +150,8 @@ VERIFY_MARKS = {"PASS": "[green]✅ PASS[/]", "FAIL": "[red]❌ FAIL[/]",
 
 def print_canary(result: Any) -> None:
     """``canary``: one line per object, the WARN lines, then what the routing is now."""
-    for obj, action in result.actions:
-        out.print(f"{result.cluster}: {obj}: {action}", highlight=False)
+    for cluster, obj, action in result.actions:
+        out.print(f"{cluster}: {obj}: {action}", highlight=False)
     for warning in result.warnings:
         err.print(f"⚠️  WARN {warning}", highlight=False)
     split = ", ".join(f"{v} {w}%" for v, w in result.weights)

@@ -5,11 +5,15 @@ Istio's CRDs are installed by the real istioctl, so every DestinationRule and
 VirtualService meshctl writes is validated against Istio's CRD schemas by the API
 server.  Istio's own validating webhook is answered by the sandbox's stand-in, which
 admits everything unchanged: Istio's semantic validation does not run here.
+
+That sandbox is multi-primary (cluster1 and cluster2 both run istiod), so every
+object is looked for on both clusters: each istiod configures only its own proxies.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,27 @@ def test_dry_run_prints_yaml_without_a_cluster(offline_dir: Path) -> None:
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshctl"
 
 
+def test_host_uses_the_mesh_trust_domain_and_objects_carry_the_mesh(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path, [cluster_doc("cluster1")],
+                          {"meshID": "shop-mesh", "trustDomain": "corp.example"})
+    result = meshctl("canary", "--cluster", "cluster1", "--namespace", "shop", "--service",
+                     "reviews", "--weights", "v1=80,v2=20", "--dry-run",
+                     "--clusters-dir", str(folder))
+    assert result.returncode == 0, result.stderr
+    dr, vs = list(yaml.safe_load_all(result.stdout))
+    assert dr["spec"]["host"] == "reviews.shop.svc.corp.example"
+    assert vs["spec"]["hosts"] == ["reviews.shop.svc.corp.example"]
+    for obj in (dr, vs):
+        assert obj["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "meshctl",
+                                             "meshctl.io/mesh": "shop-mesh"}
+
+
+def test_targets_are_every_primary_of_the_folder(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path, [cluster_doc("cluster1"), cluster_doc("cluster2"),
+                                     cluster_doc("cluster3", role="remote")])
+    assert traffic.targets(config.load(folder)) == ["cluster1", "cluster2"]
+
+
 def test_promote_keeps_the_other_subsets_sorted(offline_dir: Path) -> None:
     cfg = config.load(offline_dir)
     opts = traffic.options(cfg, cluster="cluster1", namespace="shop", service="reviews",
@@ -141,9 +166,15 @@ def _canary(mesh: SandboxHandle, ns: str, *args: str):
                    "reviews", *args, "--clusters-dir", str(mesh.clusters_dir), env=mesh.env())
 
 
-def _get(mesh: SandboxHandle, ns: str, plural: str, name: str = "reviews") -> dict:
-    api = k8s.CustomObjectsApi(mesh[0].kubernetes)
+def _get(mesh: SandboxHandle, ns: str, plural: str, name: str = "reviews", *,
+         on: int = 0) -> dict:
+    api = k8s.CustomObjectsApi(mesh[on].kubernetes)
     return api.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+
+
+def _both(mesh: SandboxHandle, ns: str, plural: str) -> list[dict]:
+    """The object on each primary (cluster1, cluster2)."""
+    return [_get(mesh, ns, plural, on=i) for i in range(len(mesh.clusters))]
 
 
 def _route(vs: dict) -> list[tuple[str, int]]:
@@ -157,33 +188,45 @@ def test_weights_create_then_update_in_place(mesh: SandboxHandle, shop: str) -> 
     # v2 has no pod yet: a WARN naming it, not a failure
     assert "WARN" in first.stderr and "version=v2" in first.stderr
     assert "version=v1" not in first.stderr
-    vs, dr = _get(mesh, shop, "virtualservices"), _get(mesh, shop, "destinationrules")
-    assert _route(vs) == [("v1", 80), ("v2", 20)]
-    assert vs["spec"]["hosts"] == [f"reviews.{shop}.svc.cluster.local"]
-    assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
+    # both primaries got both objects (the Service and its pod are on cluster1 only)
+    assert "cluster1: VirtualService" in first.stdout
+    assert "cluster2: VirtualService" in first.stdout
+    vss, drs = _both(mesh, shop, "virtualservices"), _both(mesh, shop, "destinationrules")
+    for vs, dr in zip(vss, drs, strict=True):
+        assert _route(vs) == [("v1", 80), ("v2", 20)]
+        assert vs["spec"]["hosts"] == [f"reviews.{shop}.svc.cluster.local"]
+        assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
+        for obj in (vs, dr):
+            assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshctl"
+            assert obj["metadata"]["labels"]["meshctl.io/mesh"] == "mesh1"
 
     again = _canary(mesh, shop, "--weights", "v1=80,v2=20", "--json")
     assert again.returncode == 0, again.stderr
     doc = json.loads(again.stdout)
     assert doc["writes"] == 0 and {o["action"] for o in doc["objects"]} == {"unchanged"}
-    assert _get(mesh, shop, "virtualservices")["metadata"]["resourceVersion"] == \
-        vs["metadata"]["resourceVersion"]
+    assert doc["clusters"] == ["cluster1", "cluster2"]
+    assert sorted({o["cluster"] for o in doc["objects"]}) == ["cluster1", "cluster2"]
+    assert [v["metadata"]["resourceVersion"] for v in _both(mesh, shop, "virtualservices")] \
+        == [v["metadata"]["resourceVersion"] for v in vss]
 
     update = _canary(mesh, shop, "--weights", "v1=50,v2=50")
     assert update.returncode == 0, update.stderr
-    after = _get(mesh, shop, "virtualservices")
-    assert _route(after) == [("v1", 50), ("v2", 50)]
-    assert after["metadata"]["uid"] == vs["metadata"]["uid"]  # in place, not re-created
-    assert _get(mesh, shop, "destinationrules")["metadata"]["resourceVersion"] == \
-        dr["metadata"]["resourceVersion"]  # same subsets: DestinationRule untouched
+    for vs, dr, after, dr_after in zip(vss, drs, _both(mesh, shop, "virtualservices"),
+                                       _both(mesh, shop, "destinationrules"), strict=True):
+        assert _route(after) == [("v1", 50), ("v2", 50)]
+        assert after["metadata"]["uid"] == vs["metadata"]["uid"]  # in place, not re-created
+        # same subsets: DestinationRule untouched
+        assert dr_after["metadata"]["resourceVersion"] == dr["metadata"]["resourceVersion"]
 
     promoted = _canary(mesh, shop, "--promote", "v2")
     assert promoted.returncode == 0, promoted.stderr
     assert "routes 100% to v2" in promoted.stdout
-    final = _get(mesh, shop, "virtualservices")
-    assert _route(final) == [("v2", 100)] and final["metadata"]["uid"] == vs["metadata"]["uid"]
-    assert [s["name"] for s in _get(mesh, shop, "destinationrules")["spec"]["subsets"]] == \
-        ["v1", "v2"]  # v1 stays a subset, so rolling back is one command
+    for vs, final, dr in zip(vss, _both(mesh, shop, "virtualservices"),
+                             _both(mesh, shop, "destinationrules"), strict=True):
+        assert _route(final) == [("v2", 100)]
+        assert final["metadata"]["uid"] == vs["metadata"]["uid"]
+        # v1 stays a subset, so rolling back is one command
+        assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
 
 
 def test_api_server_enforces_istio_crd_schema(mesh: SandboxHandle, shop: str) -> None:
@@ -211,8 +254,11 @@ def test_unmanaged_virtual_service_refused_unless_force(mesh: SandboxHandle, sho
                           "--force")
     untouched = _get(mesh, shop, "virtualservices")
     assert untouched["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
-    with pytest.raises(k8s.ApiException):  # facts first: nothing was written at all
-        _get(mesh, shop, "destinationrules")
+    for on in (0, 1):  # facts first: nothing was written at all, on either primary
+        with pytest.raises(k8s.ApiException):
+            _get(mesh, shop, "destinationrules", on=on)
+    with pytest.raises(k8s.ApiException):
+        _get(mesh, shop, "virtualservices", on=1)
 
     forced = _canary(mesh, shop, "--weights", "v1=80,v2=20", "--force")
     assert forced.returncode == 0, forced.stderr
@@ -222,6 +268,44 @@ def test_unmanaged_virtual_service_refused_unless_force(mesh: SandboxHandle, sho
     assert taken["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshctl"
     assert "gateways" not in taken["spec"]  # their spec replaced, not merged
     assert _route(taken) == [("v1", 80), ("v2", 20)]
+    assert _route(_get(mesh, shop, "virtualservices", on=1)) == [("v1", 80), ("v2", 20)]
+
+    again = _canary(mesh, shop, "--weights", "v1=60,v2=40", "--json")  # ours now: no --force
+    assert again.returncode == 0, again.stderr
+    assert _route(_get(mesh, shop, "virtualservices")) == [("v1", 60), ("v2", 40)]
+
+
+def test_foreign_object_on_the_second_primary_stops_every_write(mesh: SandboxHandle,
+                                                                shop: str) -> None:
+    """Facts first across the mesh: their DestinationRule on cluster2 means nothing is
+    written on cluster1 either."""
+    api = k8s.CustomObjectsApi(mesh[1].kubernetes)
+    theirs = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DestinationRule",
+              "metadata": {"name": "reviews", "labels": {"team": "shop"}},
+              "spec": {"host": "reviews"}}
+    created = api.create_namespaced_custom_object(GROUP, VERSION, shop, "destinationrules",
+                                                  theirs)
+    refused = _canary(mesh, shop, "--weights", "v1=80,v2=20")
+    assert_one_line_error(refused, 1, f"cluster2: DestinationRule {shop}/reviews",
+                          "not managed by meshctl")
+    for plural in ("virtualservices", "destinationrules"):
+        with pytest.raises(k8s.ApiException):
+            _get(mesh, shop, plural, on=0)
+    assert _get(mesh, shop, "destinationrules", on=1)["metadata"]["resourceVersion"] == \
+        created["metadata"]["resourceVersion"]
+
+
+def test_namespace_missing_on_a_primary_is_refused_before_any_write(
+        mesh: SandboxHandle, shop: str) -> None:
+    mesh[1].core().delete_namespace(shop)
+    deadline = time.monotonic() + 60
+    while any(n.metadata.name == shop for n in mesh[1].core().list_namespace().items):
+        assert time.monotonic() < deadline, "namespace not deleted"
+        time.sleep(0.5)
+    refused = _canary(mesh, shop, "--weights", "v1=80,v2=20")
+    assert_one_line_error(refused, 1, f"cluster2: namespace {shop} does not exist")
+    with pytest.raises(k8s.ApiException):
+        _get(mesh, shop, "virtualservices", on=0)
 
 
 def test_missing_service_exit_1_naming_it(mesh: SandboxHandle, shop: str) -> None:
