@@ -8,6 +8,14 @@ Each remote secret's kubeconfig is checked by :mod:`meshctl.remote_kubeconfig`'s
 allow-list (never given to a loader): a link whose secret carries an exec plugin, a
 file path, other credentials or no kubeconfig at all is listed under ``link_errors``
 with the Secret and the field, not as a working link.
+
+``--json`` prints ``{"schema": "meshctl.status/v1", "clusters": [...]}``, one object
+per cluster with the fields of :class:`ClusterStatus` (keys only added within v1)::
+
+    {"name", "role", "network", "reachable": bool, "istio_version": str | null,
+     "links": [source, ...], "link_errors": ["<cluster>: Secret …: <field> …", ...],
+     "cert_days_left": float | null, "east_west_address": str | null,
+     "error": str | null}
 """
 
 from __future__ import annotations

@@ -31,6 +31,20 @@ exec plugin, a file or another credential is a FAIL naming the Secret and the fi
 and nothing of it runs.
 
 Data here; rendering in :mod:`meshctl.report`; :func:`junit_xml` is pure.
+
+``--json`` prints :meth:`Result.to_json`, schema ``meshctl.verify/v1`` (keys only added
+within v1)::
+
+    {"schema": "meshctl.verify/v1", "main", "remotes": [...], "passed", "staticPassed",
+     "trafficChecked", "summary": {"PASS", "FAIL", "SKIP"}, "namespace",
+     "checks": [{"group", "name", "cluster", "status", "message", "hint"}],
+     "traffic": {"checked", "client", "requests",       # asked for
+                 "sent",                                # attempted, as the client reported
+                 "errors",                              # attempted and not answered
+                 "answers": [{"version", "cluster", "count"}],
+                 "failures": [{"reason", "count"}],     # curl's words / HTTP status
+                 "reason"},                             # why traffic was not checked
+     "kept", "cleanup": [...]}
 """
 
 from __future__ import annotations

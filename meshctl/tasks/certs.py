@@ -13,7 +13,8 @@ from meshctl.tasks._common import guard
 CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
 
-@task(help={"force": "replace an existing root (the old CA folder is backed up first)",
+@task(help={"force": "replace an existing root (its key and certificate are copied to "
+                     "ca.dir/backups/root.backup-<time>/ first)",
             "clusters-dir": CLUSTERS_DIR_HELP})
 @guard
 def init(c, force=False, clusters_dir=None):
@@ -22,7 +23,7 @@ def init(c, force=False, clusters_dir=None):
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.init")
     root, backup = certs.init_root(cfg.mesh.ca, force=force)
     if backup:
-        report.err.print(f"backed up the previous CA folder to {backup}")
+        report.err.print(f"backed up the previous root (key and certificate) to {backup}")
     report.out.print(f"root CA created in {cfg.mesh.ca.dir} ({cfg.mesh.ca.key}, "
                      f"{cfg.mesh.ca.root_days} days), SHA-256 {pki.fingerprint(root.cert)}")
 
