@@ -209,3 +209,23 @@ def test_kubeconfig_pointing_at_plain_http(mesh: SandboxHandle, tmp_path: Path) 
         folder = _clusters_dir(mesh, tmp_path,
                                lambda doc: _cluster(doc, "cluster1").update(server=url))
         _check_tls(folder, mesh, "does not speak TLS")
+
+
+def test_remote_secret_trusting_the_wrong_ca_is_a_fail_row(
+        mesh: SandboxHandle, saved_secret: k8s.V1Secret) -> None:
+    """An allowed kubeconfig whose CA is not the server's: verify's check connects, and the
+    TLS failure is that check's FAIL with the cause in words, not a traceback."""
+    real = yaml.safe_load(base64.b64decode(saved_secret.data["cluster2"]))
+    own = yaml.safe_load(mesh.kubeconfig.read_text())
+    real["clusters"][0]["cluster"]["certificate-authority-data"] = _cluster(
+        own, "cluster1")["certificate-authority-data"]
+    mesh[0].core().patch_namespaced_secret(SECRET, NS, {"data": {
+        "cluster2": base64.b64encode(yaml.safe_dump(real).encode()).decode()}})
+    result = _run(mesh, "verify", "--main", "cluster1", "--remote", "cluster2", "--json",
+                  "--requests", "1", "--timeout", "60")
+    assert result.returncode == 1
+    link = {c["name"]: c for c in json.loads(result.stdout)["checks"]}[
+        "remote secret cluster2 on cluster1"]
+    assert link["status"] == "FAIL" and "\n" not in link["message"]
+    assert f"Secret istio-system/{SECRET}" in link["message"]
+    assert "certificate verify failed" in link["message"]
