@@ -154,7 +154,7 @@ class Reporting:
         status = pod.get("status") or {}
         if status.get("phase") != "Running":
             return  # kwok has not played its stage yet; the next probe patches again
-        ready = bool(run and run.ready)
+        ready = run.ready if run is not None else True  # no process: Ready as kwok marks
         flag = "True" if ready else "False"
         conditions = [c for c in status.get("conditions") or []
                       if c.get("type") not in ("Ready", "ContainersReady")]
