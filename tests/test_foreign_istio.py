@@ -6,6 +6,8 @@ namespace of their own.  Then, in this order:
 
 - ``preflight`` exits 1 naming the istiod it found (revision, owning resource);
 - a Helm release Secret written the way Helm writes it makes preflight name Helm;
+- an in-cluster IstioOperator not named as meshctl's (its CRD created for the test:
+  istioctl 1.24+ keeps none) makes preflight name it;
 - ``preflight.foreign_istio`` (what bootstrap calls before its first write) FAILs the
   same clusters, and passes on clusters meshctl itself bootstrapped (the shared
   ``traffic`` sandbox);
@@ -25,6 +27,7 @@ import base64
 import gzip
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,6 +163,53 @@ def test_helm_release_secret_makes_preflight_name_helm(theirs: SandboxHandle,
         assert result(doc, "cluster1", "istio-helm")["status"] == "PASS"
     finally:
         core.delete_namespaced_secret(HELM_SECRET, "istio-system")
+
+
+IOP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "istiooperators.install.istio.io"},
+    "spec": {"group": "install.istio.io", "scope": "Namespaced",
+             "names": {"kind": "IstioOperator", "plural": "istiooperators",
+                       "singular": "istiooperator", "shortNames": ["iop"]},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {
+                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def test_istio_operator_resource_is_named(theirs: SandboxHandle, tmp_path: Path) -> None:
+    """The in-cluster IstioOperator that istioctl before 1.24 (or the operator) keeps:
+    named unless it carries one of meshctl's names for that cluster."""
+    c = theirs[0]
+    ext = k8s.ApiextensionsV1Api(c.kubernetes)
+    custom = k8s.CustomObjectsApi(c.kubernetes)
+    ext.create_custom_resource_definition(IOP_CRD)
+    try:
+        for _ in range(60):  # the CRD is served once Established
+            crd = ext.read_custom_resource_definition(IOP_CRD["metadata"]["name"])
+            if any(x.type == "Established" and x.status == "True"
+                   for x in crd.status.conditions or []):
+                break
+            time.sleep(0.5)
+        for name in ("installed-state", "installed-state-meshctl-cluster1"):
+            custom.create_namespaced_custom_object(
+                "install.istio.io", "v1alpha1", "istio-system", "istiooperators",
+                {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                 "metadata": {"name": name}, "spec": {"profile": "minimal"}})
+        code, doc = preflight_json(theirs, clusters_dir(tmp_path, theirs))
+        iop = result(doc, "cluster1", "istio-operator")
+        assert code == 1 and iop["status"] == "FAIL"
+        assert iop["numbers"]["found"] == [
+            "IstioOperator istio-system/installed-state (revision default, no owning "
+            "resource)"]
+        assert result(doc, "cluster2", "istio-operator")["status"] == "PASS"  # no CRD there
+    finally:
+        ext.delete_custom_resource_definition(IOP_CRD["metadata"]["name"])
+        for _ in range(120):
+            try:
+                ext.read_custom_resource_definition(IOP_CRD["metadata"]["name"])
+            except k8s.ApiException:
+                break
+            time.sleep(0.5)
 
 
 def test_foreign_istio_contract_for_bootstrap(theirs: SandboxHandle, tmp_path: Path) -> None:
