@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 
 from meshctl import certs, config
 from tests.api_proxy import ApiProxy
-from tests.test_bootstrap import KUBECTL, assert_torn_down, clusters_dir, run
+from tests.test_bootstrap import KUBECTL, assert_torn_down, clusters_dir, run, wait_gone
 
 pytestmark = pytest.mark.sandbox
 
@@ -166,6 +166,7 @@ def test_ca_conflict_on_one_cluster_writes_nothing_anywhere(tmp_path: Path, shar
             shared["cluster1"].core().read_namespace(NS)
     finally:
         core.delete_namespace(NS)
+        wait_gone(core, NS)
 
 
 def test_other_istioctl_version_is_not_nothing_to_do(tmp_path: Path, shared, proxied) -> None:
