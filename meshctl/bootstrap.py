@@ -144,6 +144,7 @@ def dry_run(config: Config, plan: Plan, out: Path) -> DryRun:
     _check_out(out)
     if certs.root_exists(config.mesh.ca):
         root, root_source = certs.load_root(config.mesh.ca), "existing"
+        certs.refuse_to_sign(root, config.mesh.ca)
     else:
         root, root_source = certs.make_root(config.mesh.ca), "ephemeral"
 
@@ -236,6 +237,7 @@ def run(config: Config, plan: Plan, *, skip_preflight: bool = False, force: bool
 
     if certs.root_exists(config.mesh.ca):
         root = certs.load_root(config.mesh.ca)
+        certs.refuse_to_sign(root, config.mesh.ca)
     else:
         root, _ = certs.init_root(config.mesh.ca)
         progress("*", f"root CA created in {config.mesh.ca.dir}")
