@@ -3,8 +3,8 @@
 The sandbox half runs on the bootstrapped ``traffic`` sandbox (tests/traffic_sandbox.py):
 Istio's CRDs are installed by the real istioctl, so every DestinationRule and
 VirtualService meshctl writes is validated against Istio's CRD schemas by the API
-server.  Istio's own validating webhook is answered by the sandbox's stand-in, which
-admits everything unchanged: Istio's semantic validation does not run here.
+server, and by Istio's own validating webhook: the sandbox runs the real istiod
+(meshctl/sandbox_istiod.py), so every object here passed Istio's semantic validation.
 
 That sandbox is multi-primary (cluster1 and cluster2 both run istiod), so every
 object is looked for on both clusters: each istiod configures only its own proxies.

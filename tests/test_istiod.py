@@ -70,12 +70,14 @@ class Mesh:
                           what=f"a running istiod on {name}")[0]
 
 
-@pytest.fixture(scope="module")
-def primaries(sandbox_factory, tmp_path_factory) -> Mesh:
-    """Two primaries on one network, bootstrapped once by meshctl for this module."""
-    handle = sandbox_factory(2, nodes=1, cpu="8", memory="16Gi", label="istiod")
+@pytest.fixture(scope="module", params=["one-network", "two-networks"])
+def primaries(request, sandbox_factory, tmp_path_factory) -> Mesh:
+    """Two primaries (on one network, or on two with east-west gateways), bootstrapped
+    once by meshctl; every test of this module runs on each."""
+    handle = sandbox_factory(2, nodes=1, cpu="8", memory="16Gi", label=f"istiod-{request.param}")
     tmp = tmp_path_factory.mktemp("istiod")
-    folder = clusters_dir(tmp, handle, {}, {})
+    networks = {"cluster2": "network2"} if request.param == "two-networks" else {}
+    folder = clusters_dir(tmp, handle, {}, networks)
     mesh = yaml.safe_load((folder / "mesh.yaml").read_text())
     mesh["istio"] = {"sidecar": SIDECAR}  # not Istio's default, so the test can tell
     (folder / "mesh.yaml").write_text(yaml.safe_dump(mesh))
