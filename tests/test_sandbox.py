@@ -392,3 +392,74 @@ def test_sandbox_up_refuses_bad_flags(flags: list[str], mentions: str, tmp_path:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and mentions in lines[0], result.stderr
     assert not (tmp_path / ".meshctl").exists()
+
+
+# --- the kubelet the sandbox plays for istiod: pure parts, no cluster ----------------------
+
+def test_volume_writes_are_atomic_swaps_as_kubelet_makes_them(tmp_path: Path) -> None:
+    from meshctl import sandbox_pod
+
+    state = sandbox_pod.VolumeState()
+    target = tmp_path / "etc" / "cacerts"
+    assert sandbox_pod.write_volume(target, {"root-cert.pem": b"R1", "ca-cert.pem": b"C1"},
+                                    state)
+    first = (target / "..data").readlink()
+    assert (target / "root-cert.pem").readlink() == Path("..data/root-cert.pem")
+    assert not sandbox_pod.write_volume(target, {"root-cert.pem": b"R1", "ca-cert.pem": b"C1"},
+                                        state), "same content: no swap"
+    assert sandbox_pod.write_volume(target, {"root-cert.pem": b"R2"}, state)
+    assert (target / "root-cert.pem").read_bytes() == b"R2"
+    assert not (target / "ca-cert.pem").exists(), "a key that went is gone"
+    assert (target / "..data").readlink() != first and not (target / first).exists()
+
+
+def test_container_env_resolves_like_kubelet() -> None:
+    from meshctl import sandbox_pod
+
+    pod = {"metadata": {"name": "istiod-1", "namespace": "istio-system", "uid": "u",
+                        "labels": {"istio.io/rev": "default"}},
+           "spec": {"serviceAccountName": "istiod", "nodeName": "n1"}, "status": {}}
+    container = {"resources": {"limits": {"memory": "1Gi"}}, "env": [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "REV", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.labels['istio.io/rev']"}}},
+        {"name": "GOMAXPROCS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu",
+                                                                   "divisor": "1"}}},
+        {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory",
+                                                               "divisor": "1Mi"}}},
+        {"name": "HOST", "value": "$(POD_NAME).$(NOPE)$$"}]}
+    node = {"status": {"allocatable": {"cpu": "3500m"}}}
+    env = sandbox_pod.container_env(pod, container, node, None)  # type: ignore[arg-type]
+    assert env == {"POD_NAME": "istiod-1", "REV": "default", "GOMAXPROCS": "4",
+                   "MEM_MI": "1024", "HOST": "istiod-1.$(NOPE)$"}
+
+
+def test_istiod_args_lose_only_the_flags_the_sandbox_sets() -> None:
+    from meshctl import sandbox_istiod
+
+    kept, found = sandbox_istiod.split_args(
+        ["discovery", "--monitoringAddr=:15015", "--domain", "cluster.local",
+         "--httpAddr", ":8081", "--keepaliveMaxServerConnectionAge", "30m"])
+    assert kept == ["discovery", "--domain", "cluster.local",
+                    "--keepaliveMaxServerConnectionAge", "30m"]
+    assert found == {"--monitoringAddr": ":15015", "--httpAddr": ":8081"}
+    assert sandbox_istiod.selects_istiod({"spec": {"selector": {"app": "istiod"}}})
+    assert not sandbox_istiod.selects_istiod({"spec": {}})  # remote profile: stand-in
+
+
+def test_control_plane_half_reads_istiods_debug_json() -> None:
+    from meshctl import verify_control_plane as vcp
+
+    clusterz = [{"id": "cluster1", "secretName": "", "syncStatus": "synced"},
+                {"id": "cluster2", "secretName": "istio-system/istio-remote-secret-cluster2",
+                 "syncStatus": "timeout"}]
+    assert vcp.synced_clusters(clusterz) == {"cluster1": "synced", "cluster2": "timeout"}
+    host = "helloworld.ns.svc.cluster.local"
+    shardz = {host: {"ns": {"Shards": {"Kubernetes/cluster1": [{}, {}],
+                                       "Kubernetes/cluster2": [{}]}}}}
+    assert vcp.shard_counts(shardz, host, "ns") == {"cluster1": 2, "cluster2": 1}
+    assert vcp.shard_counts(shardz, "other", "ns") == {}
+    pod = {"spec": {"containers": [{"name": "discovery",
+                                    "args": ["discovery", "--monitoringAddr", ":15099"]}]}}
+    assert vcp.monitoring_port(pod) == 15099
+    assert vcp.monitoring_port({"spec": {"containers": []}}) == 15014
