@@ -383,6 +383,37 @@ def test_verify_control_plane_passes_then_names_a_deleted_remote_secret(
         primaries.config, primaries.plan, clients)), what="cluster2 synced again after link")
 
 
+def test_verify_control_plane_names_a_refused_token(primaries: Mesh) -> None:
+    """A remote secret whose token the remote API server refuses: istiod cannot sync that
+    cluster, and the check says the token is refused (checked with the secret itself)."""
+    import base64
+
+    clients = {n: primaries.kube(n) for n in primaries.plan.names}
+    core = primaries.handle["cluster1"].core()
+    secret = core.read_namespaced_secret("istio-remote-secret-cluster2", "istio-system")
+    doc = yaml.safe_load(base64.b64decode(secret.data["cluster2"]))
+    doc["users"][0]["user"]["token"] = "not-a-token-the-api-server-issued"
+    secret.data["cluster2"] = base64.b64encode(yaml.safe_dump(doc).encode()).decode()
+    core.replace_namespaced_secret("istio-remote-secret-cluster2", "istio-system", secret)
+    try:
+        def failed() -> Any:
+            found = {c.name: c for c in vcp.checks(primaries.config, primaries.plan, clients)}
+            check = found["cluster1 sees cluster2"]
+            return check if check.status == "FAIL" else None
+
+        check = eventually(failed, timeout=120, what="cluster1 no longer syncs cluster2")
+        assert check.cluster == "cluster1"
+        assert "token" in check.message and "refused" in check.message, check.message
+        assert "not-a-token" not in check.message  # tokens never in messages
+    finally:
+        relink = run(primaries.handle, "link", "--main", "cluster1", "--remote", "cluster2",
+                     "--clusters-dir", str(primaries.folder))
+        assert relink.returncode == 0, relink.stderr[-2000:]
+    eventually(lambda: all(c.status == "PASS" for c in vcp.checks(
+        primaries.config, primaries.plan, clients)), timeout=120,
+        what="cluster2 synced again after link")
+
+
 # --- rotation, in istiod's own terms (last: they change the mesh's CA) --------------------
 
 def served_leaf(cluster, tmp: Path) -> Path:
