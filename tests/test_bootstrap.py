@@ -225,17 +225,23 @@ def test_teardown_without_yes(tmp_path: Path, mesh3) -> None:
     assert result.returncode == 2 and "--yes" in result.stderr
 
 
+def counting_proxies(tmp: Path, clusters) -> tuple[dict[str, ApiProxy], dict[str, Path]]:
+    """A counting proxy in front of each cluster's API, and a kubeconfig through it."""
+    proxies, kubeconfigs = {}, {}
+    for c in clusters:
+        p = c.kubeconfig.parent / c.name / "pki"
+        proxy = ApiProxy(upstream=c.api_url, ca_file=p / "ca.crt", cert_file=p / "admin.crt",
+                         key_file=p / "admin.key")
+        proxy.start(tmp / f"proxy-{c.name}")
+        proxies[c.name] = proxy
+        kubeconfigs[c.name] = proxy.kubeconfig(tmp / f"{c.name}.kubeconfig", c.context)
+    return proxies, kubeconfigs
+
+
 @pytest.fixture
 def proxied(tmp_path: Path, mesh3) -> Iterator[tuple[Path, dict[str, ApiProxy]]]:
     """cluster1 and cluster2 reached through counting proxies (meshctl and istioctl)."""
-    proxies, kubeconfigs = {}, {}
-    for c in mesh3.clusters[:2]:
-        p = mesh3.state_dir / c.name / "pki"
-        proxy = ApiProxy(upstream=c.api_url, ca_file=p / "ca.crt", cert_file=p / "admin.crt",
-                         key_file=p / "admin.key")
-        proxy.start(tmp_path / f"proxy-{c.name}")
-        proxies[c.name] = proxy
-        kubeconfigs[c.name] = proxy.kubeconfig(tmp_path / f"{c.name}.kubeconfig", c.context)
+    proxies, kubeconfigs = counting_proxies(tmp_path, mesh3.clusters[:2])
     folder = clusters_dir(tmp_path, mesh3, {}, {"cluster2": "network2"}, kubeconfigs)
     yield folder, proxies
     run(mesh3, "teardown", "--main", "cluster1", "--remote", "cluster2", "--yes",

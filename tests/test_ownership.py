@@ -16,7 +16,14 @@ from kubernetes import client as k8s
 
 from meshctl import certs, config
 from tests.api_proxy import ApiProxy
-from tests.test_bootstrap import KUBECTL, assert_torn_down, clusters_dir, run, wait_gone
+from tests.test_bootstrap import (
+    KUBECTL,
+    assert_torn_down,
+    clusters_dir,
+    counting_proxies,
+    run,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.sandbox
 
@@ -45,14 +52,7 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 @pytest.fixture
 def proxied(tmp_path: Path, shared) -> Iterator[tuple[Path, dict[str, ApiProxy]]]:
-    proxies, kubeconfigs = {}, {}
-    for c in shared.clusters:
-        p = shared.state_dir / c.name / "pki"
-        proxy = ApiProxy(upstream=c.api_url, ca_file=p / "ca.crt", cert_file=p / "admin.crt",
-                         key_file=p / "admin.key")
-        proxy.start(tmp_path / f"proxy-{c.name}")
-        proxies[c.name] = proxy
-        kubeconfigs[c.name] = proxy.kubeconfig(tmp_path / f"{c.name}.kubeconfig", c.context)
+    proxies, kubeconfigs = counting_proxies(tmp_path, shared.clusters)
     yield clusters_dir(tmp_path, shared, {}, {}, kubeconfigs), proxies
     for proxy in proxies.values():
         proxy.stop()
