@@ -38,6 +38,7 @@ MONITORING_PORT = 15014
 SAMPLE = "helloworld"
 REQUEST_TIMEOUT = 20.0
 ENDPOINTS_TIMEOUT = 60.0
+SYNC_TIMEOUT = 30.0  # istiod's own PILOT_REMOTE_CLUSTER_TIMEOUT default is 30 s
 
 
 def _check(name: str, cluster: str, status: str, message: str, hint: str | None = None) -> Any:
@@ -138,16 +139,24 @@ def _why_not_synced(config: Config, main: kube.Kube, source: str, status: str | 
 
 
 def clusterz_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube],
-                    primary: str, pod: str, port: int) -> list[Any]:
+                    primary: str, pod: str, port: int, *,
+                    timeout: float = SYNC_TIMEOUT) -> list[Any]:
+    """Each cluster linked to ``primary`` is ``synced`` in its istiod, judged after up
+    to ``timeout`` seconds: istiod re-syncs a cluster whenever its secret changes."""
     sources = sorted({link.source for link in plan.links if link.target == primary})
     if not sources:
         return []
-    try:
-        seen = synced_clusters(istiod_get(clients[primary], pod, port, "/debug/clusterz"))
-    except ClusterError as e:
-        return [_check(f"{primary} sees {s}", primary, FAIL, str(e),
-                       "kubectl port-forward needs the pods/portforward permission")
-                for s in sources]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            seen = synced_clusters(istiod_get(clients[primary], pod, port, "/debug/clusterz"))
+        except ClusterError as e:
+            return [_check(f"{primary} sees {s}", primary, FAIL, str(e),
+                           "kubectl port-forward needs the pods/portforward permission")
+                    for s in sources]
+        if all(seen.get(s) == "synced" for s in sources) or time.monotonic() >= deadline:
+            break
+        time.sleep(2.0)
     out = []
     for source in sources:
         status = seen.get(source)
