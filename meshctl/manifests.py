@@ -86,6 +86,8 @@ def istio_operator(config: Config, plan: Plan, cluster: ClusterPlan, *,
         cluster=cluster.name, network=cluster.network, mesh_id=plan.mesh_id,
         trust_domain=config.mesh.trust_domain, revision=config.mesh.istio.revision,
         external_istiod=cluster.expose_istiod, remote_pilot_address=remote_pilot,
+        sidecar_cpu=config.mesh.istio.sidecar.cpu,
+        sidecar_memory=config.mesh.istio.sidecar.memory,
     )
     extra = config.mesh.istio.values
     if not extra:

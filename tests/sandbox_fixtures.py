@@ -1,8 +1,9 @@
-"""Pytest fixtures over ``meshctl.sandbox``: real clusters, shared per session by shape.
+"""Pytest fixtures over ``meshctl.sandbox``: real clusters, shared per module by shape.
 
-Starting a cluster costs seconds and hundreds of MiB, so clusters are session-scoped
-and reused by every test that asks for the same shape and label; isolation between
-tests comes from a fresh namespace each (``namespace``).  The fixtures never build:
+Starting a cluster costs seconds and hundreds of MiB, so within a test module clusters
+are reused by every test that asks for the same shape and label, and stopped when the
+module ends (a whole-suite run must not keep every module's clusters up at once); isolation
+between tests comes from a fresh namespace each (``namespace``).  The fixtures never build:
 binaries missing means skip with one line, or fail when ``MESHCTL_REQUIRE_SANDBOX=1``
 (CI), so CI can never pass by skipping.  Every sandbox started here is stopped at the
 end of the session, also after Ctrl-C (``pytest_sessionfinish`` and ``atexit``).
@@ -127,35 +128,56 @@ def sandbox_bin() -> Path:
     return require_bin()
 
 
+# Running sandboxes by (shapes, label).  A sandbox lives until the end of the test module
+# that made it (``_sandboxes_end_with_their_module``): a whole-suite run would otherwise
+# keep every module's clusters (and their istiods) up at once, over 20 control planes on a
+# 2-core machine, and the load makes istioctl time out.
+_LIVE: dict[tuple[tuple[Shape, ...], str], SandboxHandle] = {}
+
+
+def _down(key: tuple[tuple[Shape, ...], str]) -> None:
+    handle = _LIVE.pop(key)
+    if handle.state_dir in _STARTED:
+        _STARTED.remove(handle.state_dir)
+        sbx.down(handle.state_dir)
+
+
 @pytest.fixture(scope="session")
 def sandbox_factory(tmp_path_factory: pytest.TempPathFactory,
                     sandbox_bin: Path) -> Iterator[SandboxFactory]:
     """``sandbox_factory(clusters=2 | [Shape, ...], nodes=, cpu=, memory=, pods=, label=)``.
 
-    Returns a :class:`SandboxHandle`; the same shapes and label give the same running
-    sandbox for the whole session (use a new label for a sandbox a test may damage).
+    Returns a :class:`SandboxHandle`; within one test module the same shapes and label
+    give the same running sandbox (use a new label for a sandbox a test may damage).
+    Call it from module- or function-scoped fixtures only: the sandbox stops when the
+    module ends.
     """
-    started: dict[tuple[tuple[Shape, ...], str], SandboxHandle] = {}
 
     def make(clusters: int | Sequence[Shape] = 2, *, nodes: int = DEFAULT_SHAPE.nodes,
              cpu: str = DEFAULT_SHAPE.cpu, memory: str = DEFAULT_SHAPE.memory,
              pods: int = DEFAULT_SHAPE.pods, label: str = "default") -> SandboxHandle:
         shapes = sbx.shapes(clusters, nodes=nodes, cpu=cpu, memory=memory, pods=pods)
         key = (shapes, label)
-        if key not in started:
+        if key not in _LIVE:
             state = tmp_path_factory.mktemp(f"sandbox-{label}")
             _STARTED.append(state)
-            started[key] = _handle(sbx.up(state, clusters=shapes, binaries=sandbox_bin))
-        return started[key]
+            _LIVE[key] = _handle(sbx.up(state, clusters=shapes, binaries=sandbox_bin))
+        return _LIVE[key]
 
     yield make
-    for handle in started.values():
-        if handle.state_dir in _STARTED:
-            _STARTED.remove(handle.state_dir)
-            sbx.down(handle.state_dir)
+    for key in list(_LIVE):
+        _down(key)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _sandboxes_end_with_their_module() -> Iterator[None]:
+    """Stop every sandbox a module started when the module is done (see ``_LIVE``)."""
+    yield
+    for key in list(_LIVE):
+        _down(key)
+
+
+@pytest.fixture(scope="module")
 def sandbox(sandbox_factory: SandboxFactory) -> SandboxHandle:
     """The default sandbox: cluster1 and cluster2, 3 nodes × 4 CPU / 8Gi each."""
     return sandbox_factory(2)

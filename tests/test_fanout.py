@@ -9,6 +9,7 @@ test can count processes without faking anything.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import stat
 from pathlib import Path
 
@@ -22,6 +23,9 @@ pytestmark = pytest.mark.sandbox
 
 TOKEN_SECRET = "istio-reader-service-account-istio-remote-secret-token"
 NAMES = ["cluster1", "cluster2", "cluster3", "cluster4"]
+# how many times the three-links race is run in one test (the issue asks for 10 clean
+# rounds before calling the fix done; CI runs 3)
+ROUNDS = int(os.environ.get("MESHCTL_TEST_RACE_ROUNDS", "3"))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def test_one_istioctl_per_source_and_no_race(tmp_path: Path, four) -> None:
 
         # Three links of one source at once, while its token Secret does not exist yet:
         # three istioctl processes race to create it.  Every one must succeed.
-        for _ in range(3):
+        for _ in range(ROUNDS):
             core = four["cluster2"].core()
             try:
                 core.delete_namespaced_secret(TOKEN_SECRET, "istio-system")

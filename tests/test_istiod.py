@@ -236,9 +236,6 @@ def test_injected_pod_gets_istios_sidecar(primaries: Mesh, namespace_factory) ->
     assert pod.metadata.annotations["sidecar.istio.io/status"]
 
 
-@pytest.mark.xfail(strict=True, reason="meshctl does not render mesh.yaml istio.sidecar into "
-                   "values.global.proxy.resources (templates/istio-operator.yaml.j2): Istio's "
-                   "injector adds its default 100m/128Mi, not what preflight planned")
 def test_injected_sidecar_has_the_requests_preflight_planned_for(
         primaries: Mesh, namespace_factory) -> None:
     planned = primaries.config.mesh.istio.sidecar
@@ -480,11 +477,6 @@ def istiod_says(mesh: Mesh, name: str, needle: str) -> list[str]:
     return [line[:200] for line in log.read_text().splitlines() if needle in line]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Istio's ISTIO_MULTIROOT_MESH defaults to false: a running istiod refuses a changed "
-    "root bundle ('Multi root is disabled, updating new ROOT-CA not supported', "
-    "pilot/pkg/bootstrap/istio_ca.go handleEvent) and keeps serving the old root until "
-    "restarted; meshctl neither sets it (values.pilot.env) nor restarts istiod per step"))
 def test_root_rotation_steps_show_in_istio_ca_root_cert(primaries: Mesh,
                                                        tmp_path: Path) -> None:
     handle, folder = primaries.handle, str(primaries.folder)

@@ -27,7 +27,14 @@ def test_multi_primary_multi_network(tmp_path: Path) -> None:
         iop = docs[name]["istio-operator.yaml"][0]
         g = iop["spec"]["values"]["global"]
         assert g == {"meshID": "mesh1", "multiCluster": {"clusterName": name},
-                     "network": network}
+                     "network": network,
+                     # the sidecar requests preflight plans for (mesh.yaml istio.sidecar)
+                     "proxy": {"resources": {"requests": {"cpu": "100m",
+                                                          "memory": "128Mi"}}}}
+        # a running istiod takes a two-root bundle only with multi-root on (root rotation)
+        assert iop["spec"]["values"]["pilot"]["env"] == {"ISTIO_MULTIROOT_MESH": "true"}
+        assert iop["spec"]["meshConfig"]["defaultConfig"]["proxyMetadata"] == {
+            "ISTIO_MULTIROOT_MESH": "true"}
         assert "profile" not in iop["spec"]
         ns = docs[name]["namespace.yaml"][0]
         assert ns["metadata"]["labels"]["topology.istio.io/network"] == network
@@ -50,6 +57,7 @@ def test_primary_remote(tmp_path: Path) -> None:
     assert main["values"]["global"]["externalIstiod"] is True
     remote = docs["c2"]["istio-operator.yaml"][0]["spec"]
     assert remote["profile"] == "remote"
+    assert "pilot" not in remote["values"]  # no istiod of its own
     assert remote["values"]["global"]["remotePilotAddress"] == topology.east_west_placeholder("c1")
     assert remote["values"]["istiodRemote"]["injectionPath"] == "/inject/cluster/c2/net/network1"
     gateway, vs = docs["c1"]["expose-istiod.yaml"]
@@ -70,7 +78,8 @@ def test_revision_and_extra_values(tmp_path: Path) -> None:
                       mesh)
     spec = docs["c1"]["istio-operator.yaml"][0]["spec"]
     assert spec["revision"] == "canary"
-    assert spec["values"]["pilot"] == {"replicaCount": 2}
+    assert spec["values"]["pilot"] == {"replicaCount": 2,
+                                       "env": {"ISTIO_MULTIROOT_MESH": "true"}}
     assert spec["values"]["global"]["meshID"] == "mesh1"  # merged, not replaced
     assert spec["values"]["global"]["logging"] == {"level": "debug"}
     vs = docs["c1"]["expose-istiod.yaml"][1]
