@@ -28,8 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from meshctl import bootstrap, config, sandbox, topology
+from meshctl import config, topology
 from meshctl.errors import MeshctlError
+from meshctl.mesh import bootstrap
+from meshctl.sandbox import lifecycle as sandbox
 
 
 def folder(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: bool) -> Path:

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshctl import certs, config
+from meshctl import config
+from meshctl.ca import certs
 
 ROOT_CONF = """[ req ]
 encrypt_key = no

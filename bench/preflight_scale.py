@@ -33,9 +33,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from meshctl import kube, sandbox  # noqa: E402
+from meshctl import kube  # noqa: E402
 from meshctl.config import Cluster  # noqa: E402
-from meshctl.sandbox import Shape  # noqa: E402
+from meshctl.sandbox import lifecycle as sandbox  # noqa: E402
+from meshctl.sandbox.lifecycle import Shape  # noqa: E402
 
 NAMESPACE = "bench"
 NODE_SIZE = {"cpu": "32", "memory": "128Gi", "pods": "110"}

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from kubernetes.utils import parse_quantity
 
-from meshctl import pki
+from meshctl.ca import pki
 from meshctl.errors import ConfigError, UsageError
 
 MESH_FILE = "mesh.yaml"

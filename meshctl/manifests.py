@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from meshctl import certs, pki
+from meshctl.ca import certs, pki
 from meshctl.config import Config
 from meshctl.topology import ClusterPlan, Plan, east_west_placeholder
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from meshctl import pki
+from meshctl.ca import pki
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 # Reviews are "create" requests that change nothing stored: they are not mutations.

@@ -23,8 +23,8 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from meshctl import sandbox as sbx
-from meshctl.sandbox import Shape
+from meshctl.sandbox import lifecycle as sbx
+from meshctl.sandbox.lifecycle import Shape
 
 DEFAULT_SHAPE = Shape(nodes=3, cpu="4", memory="8Gi", pods=110)
 

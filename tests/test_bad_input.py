@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshctl import pki, remote_secret
+from meshctl.ca import pki
 from meshctl.errors import MeshctlError
+from meshctl.mesh import remote_secret
 from tests import tls_servers
 from tests.factories import assert_one_line_error, cluster_doc, mesh_doc, meshctl, write_folder
 

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from meshctl import cert_status, certs, config, pki, rotation
+from meshctl import config
+from meshctl.ca import certs, pki, rotation
+from meshctl.ca import status as cert_status
 from meshctl.errors import UsageError
 
 S = config.CASettings(dir=Path("/nonexistent"), key="ecdsa-p256", root_days=3650,
@@ -104,7 +106,7 @@ def test_step_order(current: rotation.State | None, step: int, refused_with: str
 
 def test_root_key_is_never_pushed() -> None:
     """cacerts.apply refuses a bundle whose key is a root's, before any API call."""
-    from meshctl import cacerts
+    from meshctl.ca import cacerts
 
     bad = certs.Bundle(cluster="c1", ca_cert=OLD.cert, ca_key=OLD.key, roots=(OLD.cert,))
     with pytest.raises(UsageError, match="root's key"):

@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshctl import certs, config, pki
+from meshctl import config
+from meshctl.ca import certs, pki
 from meshctl.errors import UsageError
 from tests.factories import cluster_doc, mesh_doc, meshctl, write_folder
 

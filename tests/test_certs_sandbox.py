@@ -25,7 +25,8 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from kubernetes import client as k8s
 
-from meshctl import cacerts, certs, config, kube, pki
+from meshctl import config, kube
+from meshctl.ca import cacerts, certs, pki
 from tests.factories import meshctl
 from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
 
@@ -370,7 +371,7 @@ def test_root_rotation_no_downtime(mesh: Mesh) -> None:
 
 def test_interrupted_step_is_finished_by_a_rerun(mesh: Mesh) -> None:
     """A step that stopped half-way (cluster1 done, cluster2 not) completes on re-run."""
-    from meshctl import rotation
+    from meshctl.ca import rotation
 
     mesh.ok("certs.init")
     mesh.ok("certs.issue")

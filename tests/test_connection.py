@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from meshctl import connection, kube
+from meshctl import kube
+from meshctl.kube import connection
 from tests import tls_servers
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshctl import bootstrap, config, topology
+from meshctl import config, topology
+from meshctl.mesh import bootstrap
 from tests.factories import REPO, cluster_doc, mesh_doc, meshctl, write_folder
 
 

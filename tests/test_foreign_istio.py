@@ -35,7 +35,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from meshctl import config, preflight
+from meshctl import config
+from meshctl.preflight import runner as preflight
 from tests.api_proxy import ApiProxy
 from tests.factories import meshctl
 from tests.sandbox_fixtures import Cluster, SandboxFactory, SandboxHandle

@@ -25,7 +25,7 @@ from kubernetes import client as k8s
 
 from meshctl import config as mesh_config
 from meshctl import kube, topology
-from meshctl import verify_control_plane as vcp
+from meshctl.verify import control_plane as vcp
 from tests.sandbox_fixtures import SandboxHandle
 from tests.test_bootstrap import clusters_dir, run
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshctl import config, files, kube, pki
+from meshctl import config, files, kube
+from meshctl.ca import pki
 from tests.factories import cluster_doc, meshctl, write_folder
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
-from meshctl import certs, config
+from meshctl import config
+from meshctl.ca import certs
 from tests.api_proxy import ApiProxy
 from tests.test_bootstrap import (
     KUBECTL,

@@ -20,12 +20,12 @@ import pytest
 import yaml
 
 from meshctl import config as config_mod
-from meshctl import preflight
-from meshctl import preflight_capacity as cap
-from meshctl import preflight_checks as checks_mod
-from meshctl import preflight_facts as facts
-from meshctl import preflight_found as pf_found
-from meshctl import preflight_ownership as pf_own
+from meshctl.preflight import capacity as cap
+from meshctl.preflight import checks as checks_mod
+from meshctl.preflight import facts
+from meshctl.preflight import found as pf_found
+from meshctl.preflight import ownership as pf_own
+from meshctl.preflight import runner as preflight
 from tests import factories
 from tests.sandbox_fixtures import Cluster, SandboxHandle
 

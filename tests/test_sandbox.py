@@ -21,9 +21,9 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from meshctl import sandbox as sbx
-from meshctl import sandbox_procs
 from meshctl.errors import ClusterError, UsageError
+from meshctl.sandbox import lifecycle as sbx
+from meshctl.sandbox import procs as sandbox_procs
 from tests.sandbox_fixtures import Cluster, SandboxFactory, SandboxHandle
 
 T = TypeVar("T")
@@ -397,7 +397,7 @@ def test_sandbox_up_refuses_bad_flags(flags: list[str], mentions: str, tmp_path:
 # --- the kubelet the sandbox plays for istiod: pure parts, no cluster ----------------------
 
 def test_volume_writes_are_atomic_swaps_as_kubelet_makes_them(tmp_path: Path) -> None:
-    from meshctl import sandbox_pod
+    from meshctl.sandbox import pod as sandbox_pod
 
     state = sandbox_pod.VolumeState()
     target = tmp_path / "etc" / "cacerts"
@@ -414,7 +414,7 @@ def test_volume_writes_are_atomic_swaps_as_kubelet_makes_them(tmp_path: Path) ->
 
 
 def test_container_env_resolves_like_kubelet() -> None:
-    from meshctl import sandbox_pod
+    from meshctl.sandbox import pod as sandbox_pod
 
     pod = {"metadata": {"name": "istiod-1", "namespace": "istio-system", "uid": "u",
                         "labels": {"istio.io/rev": "default"}},
@@ -435,7 +435,7 @@ def test_container_env_resolves_like_kubelet() -> None:
 
 
 def test_istiod_args_lose_only_the_flags_the_sandbox_sets() -> None:
-    from meshctl import sandbox_istiod
+    from meshctl.sandbox import istiod as sandbox_istiod
 
     kept, found = sandbox_istiod.split_args(
         ["discovery", "--monitoringAddr=:15015", "--domain", "cluster.local",
@@ -448,7 +448,7 @@ def test_istiod_args_lose_only_the_flags_the_sandbox_sets() -> None:
 
 
 def test_control_plane_half_reads_istiods_debug_json() -> None:
-    from meshctl import verify_control_plane as vcp
+    from meshctl.verify import control_plane as vcp
 
     clusterz = [{"id": "cluster1", "secretName": "", "syncStatus": "synced"},
                 {"id": "cluster2", "secretName": "istio-system/istio-remote-secret-cluster2",

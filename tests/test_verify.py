@@ -27,8 +27,10 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from meshctl import cacerts, certs, config, manifests, verify
+from meshctl import config, manifests
+from meshctl.ca import cacerts, certs
 from meshctl.topology import Plan
+from meshctl.verify import run as verify
 from tests.factories import assert_one_line_error, meshctl, two_networks
 from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
 from tests.traffic_sandbox import bootstrapped

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from meshctl import pki
+from meshctl.ca import pki
 
 
 @dataclass(frozen=True)

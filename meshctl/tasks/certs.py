@@ -5,7 +5,9 @@ from __future__ import annotations
 from invoke import task
 from invoke.exceptions import Exit
 
-from meshctl import cacerts, cert_status, certs, config, kube, pki, report, rotation
+from meshctl import config, kube, report
+from meshctl.ca import cacerts, certs, pki, rotation
+from meshctl.ca import status as cert_status
 from meshctl.errors import UsageError
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from invoke import task
 
-from meshctl import bootstrap as flow
 from meshctl import config, files, report, topology
-from meshctl import status as status_mod
-from meshctl import verify as checks
 from meshctl.errors import CheckFailed, ClusterError, UsageError
+from meshctl.mesh import bootstrap as flow
+from meshctl.mesh import status as status_mod
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard
+from meshctl.verify import run as checks
 
 CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
@@ -25,7 +25,7 @@ def preflight(c, cluster=None, json=False, clusters_dir=None):
     """Check that each cluster can take the mesh (resources, permissions, versions)."""
     from invoke.exceptions import Exit
 
-    from meshctl import preflight as checks  # imported here: only this task needs it
+    from meshctl.preflight import runner as checks  # imported here: only this task needs it
 
     cfg = config.load(_common.clusters_dir(clusters_dir))
     reports = checks.run(cfg, cluster or [])

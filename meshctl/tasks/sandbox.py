@@ -11,8 +11,8 @@ import sys
 
 from invoke import task
 
-from meshctl import sandbox
 from meshctl.errors import CheckFailed, UsageError
+from meshctl.sandbox import lifecycle as sandbox
 from meshctl.tasks._common import guard
 
 

@@ -1,0 +1,130 @@
+"""The cluster's copy of its intermediate CA: the ``istio-system/cacerts`` Secret.
+
+istiod reads this Secret as its plug-in CA.  Pushing it is the one place where a key
+(the intermediate's, never the root's) goes to a cluster, so the rules are strict:
+the same content already there means no write at all; different content is refused
+unless forced, and forcing first saves the live Secret to a local 0600 backup.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshctl import files, kube, manifests
+from meshctl.ca import certs, pki
+from meshctl.errors import CheckFailed, UsageError
+
+NAMESPACE = "istio-system"
+PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/cacerts"
+WHAT = "Secret istio-system/cacerts"
+
+
+def read(k: kube.Kube) -> certs.Bundle | None:
+    """The bundle in the live Secret, or ``None`` when there is no usable one."""
+    secret = k.get(PATH, what=f"read {WHAT}")
+    return from_secret(k.cluster, secret) if secret else None
+
+
+def from_secret(cluster: str, secret: dict) -> certs.Bundle | None:
+    data = {name: base64.b64decode(value) for name, value in (secret.get("data") or {}).items()}
+    try:
+        return certs.bundle_from_files(cluster, data)
+    except ValueError:
+        return None
+
+
+def difference(live: certs.Bundle, wanted: certs.Bundle) -> str:
+    """What differs, by root fingerprint, intermediate serial and expiry (never key bytes)."""
+    parts = []
+    live_roots = [pki.fingerprint(r)[:23] + "…" for r in live.roots]
+    wanted_roots = [pki.fingerprint(r)[:23] + "…" for r in wanted.roots]
+    if live_roots != wanted_roots:
+        parts.append(f"root {', '.join(live_roots)} in the cluster, "
+                     f"{', '.join(wanted_roots)} locally")
+    if live.ca_cert.serial_number != wanted.ca_cert.serial_number:
+        parts.append(f"intermediate serial {live.ca_cert.serial_number:x} in the cluster, "
+                     f"{wanted.ca_cert.serial_number:x} locally")
+    if live.ca_cert.not_valid_after_utc != wanted.ca_cert.not_valid_after_utc:
+        parts.append(f"expiry {live.ca_cert.not_valid_after_utc:%Y-%m-%d} in the cluster, "
+                     f"{wanted.ca_cert.not_valid_after_utc:%Y-%m-%d} locally")
+    return "; ".join(parts) or "the key or chain bytes differ"
+
+
+def ensure_namespace(k: kube.Kube) -> None:
+    """``istio-system`` must exist before the Secret; create a bare one if it does not."""
+    if k.get(f"/api/v1/namespaces/{NAMESPACE}", what="read Namespace istio-system") is None:
+        kube.ensure(k, {"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": NAMESPACE}})
+
+
+def backup(secret: dict, directory: Path, cluster: str) -> Path:
+    """Save a live Secret as YAML, 0600, under ``directory/<cluster>/``."""
+    keep = {"apiVersion": "v1", "kind": "Secret", "type": secret.get("type", "Opaque"),
+            "metadata": {k: v for k, v in secret["metadata"].items()
+                         if k in ("name", "namespace", "labels", "annotations")},
+            "data": secret.get("data") or {}}
+    path = directory / cluster / f"cacerts-{files.timestamp()}.yaml"
+    return files.write_atomic(path, yaml.safe_dump(keep), mode=files.PRIVATE)
+
+
+def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
+          backup_dir: Path, live: Any = kube.UNREAD) -> str:
+    """Push ``bundle`` as ``cacerts``: created, unchanged, or replaced (only with ``force``).
+
+    Raises :class:`CheckFailed` (exit 1) naming what differs when the cluster holds
+    another CA and ``force`` is not given.
+    """
+    if any(pki.same_public_key(root, bundle.ca_key) for root in bundle.roots):
+        # the one key that must never reach a cluster; cheap to make impossible
+        raise UsageError(f"{k.cluster}: refusing to push {WHAT}: its ca-key.pem is a root's key")
+    wanted = yaml.safe_load(manifests.cacerts_secret(bundle))
+    if live is kube.UNREAD:
+        live = k.get(PATH, what=f"read {WHAT}")
+    if live is None:
+        ensure_namespace(k)
+        kube.ensure(k, wanted, live=None)
+        return "created"
+    if (live.get("data") or {}) == wanted["data"]:
+        return "unchanged"
+    live_bundle = from_secret(k.cluster, live)
+    what_differs = (difference(live_bundle, bundle) if live_bundle
+                    else "the cluster's Secret is not a CA bundle")
+    if not force:
+        raise CheckFailed(f"{k.cluster}: {WHAT} holds another CA: {what_differs}",
+                          hint="--force replaces it after saving the current one locally")
+    saved = backup(live, backup_dir, k.cluster)
+    body = {**wanted, "metadata": {**wanted["metadata"],
+                                   "resourceVersion": live["metadata"]["resourceVersion"]}}
+    k.request("PUT", PATH, body=body, what=f"replace {WHAT}")
+    return f"replaced (previous saved to {saved})"
+
+
+def conflict(cluster: str, live: dict | None, bundle: certs.Bundle) -> str | None:
+    """What an ``apply`` without force would refuse: ``None`` when it would go through."""
+    if live is None or (live.get("data") or {}) == yaml.safe_load(
+            manifests.cacerts_secret(bundle))["data"]:
+        return None
+    live_bundle = from_secret(cluster, live)
+    return (difference(live_bundle, bundle) if live_bundle
+            else "the cluster's Secret is not a CA bundle")
+
+
+def apply_all(clients: dict[str, kube.Kube], bundles: dict[str, certs.Bundle], *,
+              force: bool = False, backup_dir: Path) -> dict[str, str]:
+    """Push every bundle, facts first: without ``force``, any cluster holding another CA
+    stops the whole push before the first write, naming every such cluster."""
+    live = {name: clients[name].get(PATH, what=f"read {WHAT}") for name in bundles}
+    if not force:
+        conflicts = {name: why for name in bundles
+                     if (why := conflict(name, live[name], bundles[name])) is not None}
+        if conflicts:
+            detail = "; ".join(f"{name}: {why}" for name, why in conflicts.items())
+            raise CheckFailed(f"{WHAT} holds another CA on {', '.join(conflicts)} ({detail}); "
+                              "nothing was pushed",
+                              hint="--force replaces them after saving the current ones locally")
+    return {name: apply(clients[name], bundles[name], force=force, backup_dir=backup_dir,
+                        live=live[name]) for name in bundles}

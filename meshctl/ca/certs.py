@@ -1,0 +1,349 @@
+"""The mesh's certificate authority, by Istio's ``tools/certs`` conventions.
+
+One self-signed root on the operator's machine; one intermediate per cluster
+(``CA:true, pathlen:0``, subject ``L=<cluster>``, SAN ``DNS:istiod.istio-system.svc``);
+per cluster the four files that become ``istio-system/cacerts``:
+``ca-cert.pem``, ``ca-key.pem``, ``root-cert.pem``, ``cert-chain.pem`` (intermediate +
+root).  Following Istio's layout means Istio's own docs keep applying.
+
+Safety: the root key exists in memory and in ``<ca.dir>/root-key.pem`` (0600, atomic)
+and nowhere else; nothing here prints a key.  Builders are pure; the few functions
+that touch disk say so in their names (``write_*``, ``load_*``, ``init_root``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from meshctl import files
+from meshctl.ca import pki
+from meshctl.config import CASettings
+from meshctl.errors import ConfigError, UsageError
+
+ROOT_CERT = "root-cert.pem"
+ROOT_KEY = "root-key.pem"
+CA_CERT = "ca-cert.pem"
+CA_KEY = "ca-key.pem"
+CERT_CHAIN = "cert-chain.pem"
+CACERTS_FILES = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
+ISTIOD_SAN = "istiod.istio-system.svc"
+# <ca.dir>/backups/: every copy of CA material meshctl makes before replacing it, one layout:
+#   root.backup-<time>/        root-cert.pem + root-key.pem (certs.init --force)
+#   <cluster>.backup-<time>/   a cluster's four local files (re-issue, rotation)
+#   <cluster>/cacerts-<time>.yaml   a live cacerts Secret replaced with --force
+BACKUPS = "backups"
+NEXT_ROOT = "next-root"  # <ca.dir>/next-root/: the new root while a root rotation runs
+
+
+@dataclass(frozen=True)
+class RootCA:
+    """The root certificate and its key (the key never leaves this process but to disk)."""
+
+    cert: x509.Certificate
+    key: pki.PrivateKey
+
+    def __repr__(self) -> str:  # never let a key reach a log through repr()
+        return f"RootCA(subject={self.cert.subject.rfc4514_string()!r})"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What one cluster's ``cacerts`` holds."""
+
+    cluster: str
+    ca_cert: x509.Certificate
+    ca_key: pki.PrivateKey
+    roots: tuple[x509.Certificate, ...]  # root-cert.pem: one root, or two during rotation
+
+    def __repr__(self) -> str:
+        return f"Bundle(cluster={self.cluster!r}, serial={self.ca_cert.serial_number:x})"
+
+    @property
+    def signing_root(self) -> x509.Certificate:
+        """The root in the bundle that issued this intermediate."""
+        for root in self.roots:
+            if issued_by(self.ca_cert, root):
+                return root
+        raise ValueError(f"{self.cluster}: intermediate is not issued by any root in the bundle")
+
+    def files(self) -> dict[str, bytes]:
+        """The four ``cacerts`` files, byte for byte."""
+        roots = b"".join(pki.cert_pem(r) for r in self.roots)
+        return {
+            CA_CERT: pki.cert_pem(self.ca_cert),
+            CA_KEY: pki.key_pem(self.ca_key),
+            ROOT_CERT: roots,
+            CERT_CHAIN: pki.cert_pem(self.ca_cert) + pki.cert_pem(self.signing_root),
+        }
+
+
+# --- pure builders -----------------------------------------------------------------
+
+
+def make_root(settings: CASettings, *, not_before: datetime | None = None) -> RootCA:
+    """A new self-signed root CA (``O=<organization>, CN=Root CA``)."""
+    key = pki.generate_key(settings.key)
+    subject = pki.name(organization=settings.organization, common_name="Root CA")
+    cert = pki.self_signed_ca(subject=subject, key=key, days=settings.root_days,
+                              not_before=not_before)
+    return RootCA(cert=cert, key=key)
+
+
+def make_intermediate(root: RootCA, cluster: str, settings: CASettings, *,
+                      roots: tuple[x509.Certificate, ...] | None = None,
+                      days: float | None = None,
+                      not_before: datetime | None = None) -> Bundle:
+    """A cluster's intermediate CA signed by ``root``.
+
+    ``roots`` is what goes into ``root-cert.pem`` (default: just ``root``); root
+    rotation passes the old + new bundle.  ``days``/``not_before`` let tests make
+    expired intermediates without waiting.
+    """
+    key = pki.generate_key(settings.key)
+    subject = pki.name(organization=settings.organization, common_name="Intermediate CA",
+                       locality=cluster)
+    cert = pki.sign(subject=subject, public_key=key.public_key(), issuer_name=root.cert.subject,
+                    issuer_key=root.key, issuer_cert=root.cert,
+                    usage=pki.Usage(ca=True, path_length=0),
+                    days=days if days is not None else settings.intermediate_days,
+                    dns=[ISTIOD_SAN], not_before=not_before)
+    return Bundle(cluster=cluster, ca_cert=cert, ca_key=key, roots=roots or (root.cert,))
+
+
+def workload_cert(bundle: Bundle, *, namespace: str, service_account: str,
+                  trust_domain: str = "cluster.local", hours: float = 24,
+                  not_before: datetime | None = None) -> x509.Certificate:
+    """A workload certificate as istiod issues one: empty subject, SPIFFE URI SAN.
+
+    meshctl never issues these to workloads (istiod does); they let checks and tests
+    prove what a sidecar would see, e.g. that trust survives each root-rotation step.
+    """
+    key = pki.generate_key("ecdsa-p256")
+    spiffe = f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+    return pki.sign(subject=x509.Name([]), public_key=key.public_key(),
+                    issuer_name=bundle.ca_cert.subject, issuer_key=bundle.ca_key,
+                    issuer_cert=bundle.ca_cert, usage=pki.Usage(server=True, client=True),
+                    days=hours / 24, uris=[spiffe], not_before=not_before)
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s key signed ``cert`` (signature, not just matching names)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def validity_problem(cert: x509.Certificate, *, now: datetime | None = None) -> str | None:
+    """``None`` if ``cert`` is valid now, else why not (expired / not yet valid)."""
+    now = now or datetime.now(UTC)
+    if now < cert.not_valid_before_utc:
+        return f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    if now > cert.not_valid_after_utc:
+        return f"expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+def days_left(cert: x509.Certificate, *, now: datetime | None = None) -> float:
+    now = now or datetime.now(UTC)
+    return (cert.not_valid_after_utc - now).total_seconds() / 86400
+
+
+def chain_problem(bundle: Bundle, root: x509.Certificate) -> str | None:
+    """Why ``bundle`` does not chain to ``root`` and hold together, or ``None`` if it does."""
+    if not pki.same_public_key(bundle.ca_cert, bundle.ca_key):
+        return "ca-key.pem does not belong to ca-cert.pem"
+    if not issued_by(bundle.ca_cert, root):
+        return f"intermediate is not signed by root {pki.fingerprint(root)[:23]}…"
+    if not any(r == root for r in bundle.roots):
+        return "root-cert.pem does not contain the root"
+    return validity_problem(bundle.ca_cert)
+
+
+def chain_problem_to(chain: Sequence[x509.Certificate],
+                     trusted: Iterable[x509.Certificate]) -> str | None:
+    """Why ``chain`` (``cert-chain.pem``: intermediate first) does not lead up to a
+    ``trusted`` root, or ``None`` if it does.
+
+    Signatures only, link by link: a chain that merely names the right issuer but was
+    signed by another key is refused.  Validity dates are checked separately
+    (:func:`validity_problem`) so a caller can tell "expired" from "wrong root".
+    """
+    if not chain:
+        return "cert-chain.pem holds no certificate"
+    for child, parent in itertools.pairwise(chain):
+        if not issued_by(child, parent):
+            return "cert-chain.pem is not a chain (a certificate is not signed by the next)"
+    top = chain[-1]
+    roots = list(trusted)
+    if any(top == root or issued_by(top, root) for root in roots):
+        return None
+    if not roots:
+        return "no local root to verify against"
+    return (f"cert-chain.pem leads to {pki.fingerprint(top)[:23]}…, not to the local root "
+            f"{', '.join(pki.fingerprint(r)[:23] + '…' for r in roots)}")
+
+
+# --- disk --------------------------------------------------------------------------
+
+
+def root_paths(settings: CASettings) -> tuple[Path, Path]:
+    return settings.dir / ROOT_CERT, settings.dir / ROOT_KEY
+
+
+def root_exists(settings: CASettings) -> bool:
+    cert, key = root_paths(settings)
+    return cert.exists() or key.exists()
+
+
+def write_root(settings: CASettings, root: RootCA) -> None:
+    """Key (0600) and certificate together (:func:`files.write_all`): a full disk or a
+    read-only ``ca.dir`` leaves neither, and a crash never a cert without its key (the
+    key is renamed into place first)."""
+    cert_path, key_path = root_paths(settings)
+    files.write_all({key_path: (pki.key_pem(root.key), files.PRIVATE),
+                     cert_path: (pki.cert_pem(root.cert), files.PUBLIC)})
+
+
+def init_root(settings: CASettings, *, force: bool = False) -> tuple[RootCA, Path | None]:
+    """Create the root CA in ``ca.dir``; never over an existing one unless ``force``.
+
+    With ``force`` the old root's key and certificate are first copied to
+    ``<ca.dir>/backups/root.backup-<time>/`` (0700 folder, the key stays 0600), which
+    is returned: the root key never leaves ``ca.dir``, not even as a backup.
+    """
+    backup = None
+    if root_exists(settings):
+        if not force:
+            raise UsageError(f"a root CA already exists in {settings.dir}; refusing to "
+                             "overwrite it (hint: --force backs it up first)")
+        backup = files.backup_dir(settings.dir, into=backups_dir(settings), name="root",
+                                  only=(ROOT_CERT, ROOT_KEY))
+    root = make_root(settings)
+    write_root(settings, root)
+    return root, backup
+
+
+def load_root(settings: CASettings) -> RootCA:
+    """Read the root CA from ``ca.dir``, checking that key and certificate belong together."""
+    cert_path, key_path = root_paths(settings)
+    if not cert_path.exists() or not key_path.exists():
+        raise UsageError(f"no root CA in {settings.dir} (hint: run 'invoke certs.init')")
+    try:
+        cert = pki.load_certs(cert_path.read_bytes())[0]
+        key = pki.load_key(key_path.read_bytes())
+    except (ValueError, IndexError, OSError):
+        raise ConfigError(f"{settings.dir}: root-cert.pem or root-key.pem is unreadable or "
+                          "not PEM") from None
+    if not pki.same_public_key(cert, key):
+        raise ConfigError(f"{settings.dir}: root-key.pem does not belong to root-cert.pem")
+    if not is_ca(cert):
+        raise ConfigError(f"{settings.dir}: root-cert.pem is not a CA certificate (no "
+                          "basicConstraints CA:true); istiod would refuse every chain under it")
+    return RootCA(cert=cert, key=key)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def refuse_to_sign(root: RootCA, settings: CASettings) -> None:
+    """An intermediate under an expired (or not yet valid) root is born broken: refuse."""
+    problem = validity_problem(root.cert)
+    if problem:
+        raise ConfigError(f"{settings.dir}: root-cert.pem {problem}; no intermediate is "
+                          "issued under it",
+                          hint="certs.rotate --root --step 1 starts a staged move to a new "
+                               "root (certs.init --force replaces it outright)")
+
+
+def cluster_dir(settings: CASettings, cluster: str) -> Path:
+    return settings.dir / cluster
+
+
+def backups_dir(settings: CASettings) -> Path:
+    """Where copies of replaced CA material go: never deleted by meshctl."""
+    return settings.dir / BACKUPS
+
+
+def replace_bundle(settings: CASettings, bundle: Bundle) -> dict[str, Path]:
+    """Write ``bundle`` as the cluster's local files, first copying any existing ones
+    to ``<ca.dir>/backups/<cluster>.backup-<time>/`` (CA material is never dropped)."""
+    directory = cluster_dir(settings, bundle.cluster)
+    if (directory / CA_CERT).exists():
+        files.backup_dir(directory, into=backups_dir(settings))
+    return write_bundle(directory, bundle)
+
+
+def write_bundle(directory: Path, bundle: Bundle) -> dict[str, Path]:
+    """Write the four files, all or none; ``ca-key.pem`` 0600, the rest 0644."""
+    _mkdir_private(directory)
+    payload = {directory / fname: (data, files.PRIVATE if fname == CA_KEY else files.PUBLIC)
+               for fname, data in bundle.files().items()}
+    files.write_all(payload)
+    return {path.name: path for path in payload}
+
+
+def _mkdir_private(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise files.WriteFailed(f"{directory}: cannot create: {e.strerror}") from None
+
+
+def bundle_from_files(cluster: str, data: dict[str, bytes]) -> Bundle:
+    """Parse the four ``cacerts`` files (from disk or from a Secret)."""
+    missing = [f for f in (CA_CERT, CA_KEY, ROOT_CERT) if f not in data]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return Bundle(cluster=cluster, ca_cert=pki.load_certs(data[CA_CERT])[0],
+                  ca_key=pki.load_key(data[CA_KEY]),
+                  roots=tuple(pki.load_certs(data[ROOT_CERT])))
+
+
+def load_bundle(directory: Path, cluster: str) -> Bundle | None:
+    """The bundle in ``directory``, or ``None`` when there is none yet."""
+    if not (directory / CA_CERT).exists():
+        return None
+    try:
+        return bundle_from_files(cluster, {f: (directory / f).read_bytes()
+                                           for f in CACERTS_FILES if (directory / f).exists()})
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{directory}: cannot read the intermediate CA files: {e}") from None
+
+
+def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tuple[Bundle, bool]:
+    """The cluster's intermediate from disk if it is sound, else a new one written to disk.
+
+    Refused while a root rotation is in progress.
+    Returns ``(bundle, created)``.  Re-running never re-issues a good intermediate,
+    so bootstrap stays idempotent and pushed ``cacerts`` stay stable; an unsound one
+    (expired, or under another root) is backed up beside it before it is replaced.
+    """
+    if (settings.dir / NEXT_ROOT).is_dir():
+        # mid root rotation the intermediates may be under the new root: "repairing"
+        # them under the old one would undo the rotation (meshctl.rotation owns them now)
+        raise UsageError(f"a root rotation is in progress in {settings.dir}; intermediates "
+                         "are not (re)issued until it is finished",
+                         hint="certs.status shows the next certs.rotate --root --step")
+    directory = cluster_dir(settings, cluster)
+    existing = load_bundle(directory, cluster)
+    if existing is not None:
+        if chain_problem(existing, root.cert) is None:
+            return existing, False
+        files.backup_dir(directory, into=backups_dir(settings))  # never without a copy
+    bundle = make_intermediate(root, cluster, settings)
+    write_bundle(directory, bundle)
+    return bundle, True
+

@@ -1,0 +1,160 @@
+"""The sandbox's stand-in for admission webhooks that no process of the sandbox serves.
+
+The sandbox runs the real istiod for every istiod pod (``sandbox_istiod``), and the
+Services selecting those pods reach it: their webhooks are answered by Istio itself.
+What remains is a webhook whose Service has no pod the sandbox can run: above all a
+remote-profile cluster, whose ``istiod`` Service has no selector and whose endpoint is
+the main cluster's east-west gateway (an Envoy, which the sandbox cannot run).  Without
+an answer there, the API server's calls would be refused and every pod matched by the
+injector (failurePolicy Fail) could never be created.
+
+For those webhooks only, this stand-in does what the missing server side would, and no
+more:
+- for every webhook configuration whose ``clientConfig.service`` names such a Service,
+  it listens on that Service's ClusterIP and port (the sandbox's Service range is on
+  loopback) with TLS for ``<svc>.<ns>.svc``, and writes its CA into the webhook's
+  ``caBundle`` as istiod does for itself;
+- it answers every AdmissionReview with ``allowed: true`` and no patch.
+
+So objects it admits are admitted unchanged: **no sidecar is injected** by it and no
+Istio object is validated by it.  Tests and notes must say which webhook answered.
+
+Runs in the sandbox's controller process beside the LoadBalancer loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from meshctl.ca import pki
+from meshctl.sandbox import istiod as sandbox_istiod
+from meshctl.sandbox.api import Api, ApiError
+
+KINDS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
+PATH = "/apis/admissionregistration.k8s.io/v1/"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers any AdmissionReview: allowed, unchanged."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            review = json.loads(self.rfile.read(length) or b"{}")
+            uid = review["request"]["uid"]
+            api_version = review.get("apiVersion", "admission.k8s.io/v1")
+        except (ValueError, KeyError, TypeError):
+            self.send_error(400, "not an AdmissionReview")
+            return
+        body = json.dumps({"apiVersion": api_version, "kind": "AdmissionReview",
+                           "response": {"uid": uid, "allowed": True}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args  # one line per admission would drown the controller's log
+
+
+@dataclass
+class StandIn:
+    """One CA for all stand-in listeners of a sandbox, and the listeners themselves."""
+
+    workdir: Path
+    ca: pki.PrivateKey = field(default_factory=lambda: pki.generate_key("ecdsa-p256"))
+    listeners: dict[tuple[str, int], ThreadingHTTPServer] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        subject = pki.name(organization="meshctl sandbox", common_name="webhook stand-in CA")
+        self.ca_cert = pki.self_signed_ca(subject=subject, key=self.ca, days=30)
+        self.ca_bundle = base64.b64encode(pki.cert_pem(self.ca_cert)).decode()
+
+    def _context(self, dns: str) -> ssl.SSLContext:
+        key = pki.generate_key("ecdsa-p256")
+        cert = pki.sign(subject=pki.name(common_name=dns), public_key=key.public_key(),
+                        issuer_name=self.ca_cert.subject, issuer_key=self.ca,
+                        issuer_cert=self.ca_cert, usage=pki.Usage(server=True), days=30,
+                        dns=[dns])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
+            cert_file, key_file = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            cert_file.write_bytes(pki.cert_pem(cert))
+            key_file.write_bytes(pki.key_pem(key))
+            key_file.chmod(0o600)
+            ctx.load_cert_chain(cert_file, key_file)
+        return ctx
+
+    def serve(self, ip: str, port: int, dns: str) -> bool:
+        """Listen on ``ip:port`` for ``dns`` unless already listening; True if new."""
+        with self.lock:
+            if (ip, port) in self.listeners:
+                return False
+            server = ThreadingHTTPServer((ip, port), _Handler)
+            server.socket = self._context(dns).wrap_socket(server.socket, server_side=True)
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True,
+                             name=f"webhook {ip}:{port}").start()
+            self.listeners[(ip, port)] = server
+            return True
+
+
+def _service_port(svc: dict[str, Any], port: int) -> bool:
+    return any(p.get("port") == port for p in svc.get("spec", {}).get("ports") or [])
+
+
+def sync(api: Api, stand_in: StandIn, name: str, real_istiod: bool = False) -> None:
+    """Serve and trust every in-cluster webhook Service that exists now.
+
+    With ``real_istiod``, Services that select istiod pods are left to the real istiod
+    the sandbox runs (``sandbox_istiod``): it serves them and patches its own caBundle.
+    """
+    for kind in KINDS:
+        for config in api.get(PATH + kind).get("items") or []:
+            patches = []
+            for hook in config.get("webhooks") or []:
+                ref = (hook.get("clientConfig") or {}).get("service")
+                if not ref:
+                    continue
+                port = ref.get("port", 443)
+                try:
+                    svc = api.get(f"/api/v1/namespaces/{ref['namespace']}/services/{ref['name']}")
+                except ApiError:
+                    continue  # the Service comes later; the next sync picks it up
+                if real_istiod and sandbox_istiod.selects_istiod(svc):
+                    continue
+                ip = (svc.get("spec") or {}).get("clusterIP")
+                if not ip or ip == "None" or not _service_port(svc, port):
+                    continue
+                dns = f"{ref['name']}.{ref['namespace']}.svc"
+                if stand_in.serve(ip, port, dns):
+                    print(f"{name}: serving webhook {dns}:{port} on {ip}", flush=True)
+                if hook["clientConfig"].get("caBundle") != stand_in.ca_bundle:
+                    patches.append({"name": hook["name"],
+                                    "clientConfig": {"caBundle": stand_in.ca_bundle}})
+            if patches:
+                api.request("PATCH", PATH + f"{kind}/{config['metadata']['name']}",
+                            {"webhooks": patches},
+                            content_type="application/strategic-merge-patch+json")
+
+
+def run_cluster(state_dir: Path, name: str, api: Api, stand_in: StandIn,
+                real_istiod: bool = False, interval: float = 1.0) -> None:
+    """Re-sync every ``interval`` seconds until the sandbox's state folder is gone."""
+    while state_dir.exists():
+        try:
+            sync(api, stand_in, name, real_istiod)
+        except Exception as e:  # keep the loop alive; the log says what happened
+            print(f"{name}: webhooks: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        time.sleep(interval)
