@@ -2,7 +2,7 @@
 
 ``tasks.py`` at the repository root exposes the same collection to the ``invoke``
 binary, so ``invoke bootstrap …`` and ``meshctl bootstrap …`` are one tool.  The only
-thing this Program adds is exit code 2 for flags invoke cannot parse (DESIGN.md: usage
+thing this Program adds is exit code 2 for flags invoke cannot parse (docs/architecture.md: usage
 errors are 2); under the plain ``invoke`` binary invoke's own parser keeps its code 1.
 """
 

@@ -1,4 +1,4 @@
-"""Cluster files and ``mesh.yaml`` → frozen dataclasses, every rule of DESIGN.md enforced.
+"""Cluster files and ``mesh.yaml`` → frozen dataclasses, every rule of the file formats.
 
 Validation happens here, before any cluster is touched, so that a typo costs a
 one-line :class:`~meshctl.errors.ConfigError` naming the file and the key (exit 2),

@@ -51,7 +51,3 @@ class ClusterError(MeshctlError):
     """A cluster, its API or istioctl failed after retries. Exit 3."""
 
     exit_code = 3
-
-
-class NotAvailable(UsageError):
-    """A task of a later milestone that is not built yet. Exit 2."""

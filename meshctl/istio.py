@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from meshctl import kube
+from meshctl import kube, versions
 from meshctl.config import Cluster
 from meshctl.errors import ClusterError, UsageError, one_line
 
 ENV = "MESHCTL_ISTIOCTL"
 INSTALL_TIMEOUT = 600.0
-VERSION_RE = re.compile(r"^(\d+)\.(\d+)")
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,19 @@ class Istioctl:
     @property
     def minor(self) -> tuple[int, int] | None:
         """``(1, 31)`` from ``1.31.0`` or ``1.31-dev``; ``None`` if unparseable."""
-        m = VERSION_RE.match(self.version)
-        return (int(m.group(1)), int(m.group(2))) if m else None
+        return versions.major_minor(self.version)
+
+
+def istiod_name(revision: str = "") -> str:
+    """The istiod Deployment's (and Service's) name for a revision: Istio's own rule."""
+    return f"istiod-{revision}" if revision else "istiod"
+
+
+def has_proxy(pod: Mapping[str, Any]) -> bool:
+    """True when the pod already carries Istio's proxy (sidecar or native sidecar)."""
+    spec = pod.get("spec") or {}
+    return any(c.get("name") == "istio-proxy"
+               for c in (spec.get("containers") or []) + (spec.get("initContainers") or []))
 
 
 def find() -> Istioctl:
@@ -104,15 +115,3 @@ def install(istioctl: Istioctl, cluster: Cluster, operator_yaml: str, *, what: s
         run(istioctl, cluster, ["install", "-y", "-f", f.name,
                                 "--readiness-timeout", f"{int(timeout)}s"],
             what=what, timeout=timeout + 60)
-
-
-def manifest_generate(istioctl: Istioctl, operator_yaml: str) -> str:
-    """``istioctl manifest generate -f``: Istio's own validation of an IstioOperator."""
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshctl-iop-") as f:
-        f.write(operator_yaml)
-        f.flush()
-        result = subprocess.run([str(istioctl.path), "manifest", "generate", "-f", f.name],
-                                capture_output=True, text=True, timeout=120, check=False)
-    if result.returncode != 0:
-        raise UsageError(f"istioctl rejected the IstioOperator: {_last_line(result.stderr)}")
-    return result.stdout

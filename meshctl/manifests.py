@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from meshctl import istio
 from meshctl.ca import certs, pki
 from meshctl.config import Config
 from meshctl.topology import ClusterPlan, Plan, east_west_placeholder
@@ -67,8 +68,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def istiod_host(revision: str) -> str:
-    name = f"istiod-{revision}" if revision else "istiod"
-    return f"{name}.istio-system.svc.cluster.local"
+    return f"{istio.istiod_name(revision)}.istio-system.svc.cluster.local"
 
 
 def istio_operator(config: Config, plan: Plan, cluster: ClusterPlan, *,

@@ -4,7 +4,7 @@ Every later step (dry-run, install, link, verify, teardown) reads this plan inst
 of re-deriving "who is main, which networks, which secret goes where".  Pure
 functions, no I/O: the whole module is testable without a cluster.
 
-Rules (DESIGN.md, Istio's multicluster install guides):
+Rules (docs/architecture.md, Istio's multicluster install guides):
 - every primary holds a remote secret for every other cluster in the set
   (multi-primary: all directions; primary-remote: only primaries read remotes);
 - a ``remote``-role cluster runs no istiod: it is controlled by the main, whose

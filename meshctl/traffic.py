@@ -36,14 +36,13 @@ from typing import Any
 import yaml
 
 from meshctl import kube, manifests, ownership
-from meshctl.config import Config
+from meshctl.config import DNS1123_LABEL, Config
 from meshctl.errors import CheckFailed, UsageError
 
 MANAGED_BY = ownership.MANAGED_BY
 MANAGER = ownership.MANAGER
 API_VERSION = "networking.istio.io/v1"
 VERSION_LABEL = "version"
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 # --- options (pure) ---------------------------------------------------------------------

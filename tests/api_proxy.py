@@ -1,6 +1,6 @@
 """A TLS-terminating proxy in front of one sandbox API server, for counting and faults.
 
-TESTING.md: transient failures (429, 500, 503, dropped connections) are made by a
+docs/testing.md: transient failures (429, 500, 503, dropped connections) are made by a
 small reverse proxy that fails the Nth request of a given kind; afterwards the
 requests that reached the real server are counted.  Clients (meshctl *and* istioctl)
 talk to the proxy with its own test CA; the proxy talks to the API server as the

@@ -27,10 +27,10 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from meshctl import config, manifests
+from meshctl import config, manifests, verify
 from meshctl.ca import cacerts, certs
 from meshctl.topology import Plan
-from meshctl.verify import run as verify
+from meshctl.verify import curl as verify_curl
 from tests.factories import assert_one_line_error, meshctl, two_networks
 from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
 from tests.traffic_sandbox import bootstrapped
@@ -165,7 +165,7 @@ def test_curl_script_runs_in_posix_sh(tmp_path: Path) -> None:
      '[{"reason":"ExitCode","message":"7"}]}}', 7),
 ], ids=["success", "exit-7"])
 def test_exec_status_channel(text: str, code: int) -> None:
-    assert verify._exit_code(text) == code
+    assert verify_curl._exit_code(text) == code
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -176,7 +176,7 @@ def test_exec_status_channel(text: str, code: int) -> None:
 ], ids=["sandbox-kubelet-refused", "no-status"])
 def test_exec_failure_is_one_short_line(text: str, needle: str) -> None:
     with pytest.raises(verify.ExecFailed) as info:
-        verify._exit_code(text)
+        verify_curl._exit_code(text)
     assert needle in str(info.value) and "command=sh" not in str(info.value)
 
 
@@ -270,6 +270,7 @@ def _sample_gone(mesh: SandboxHandle) -> bool:
     return True
 
 
+@pytest.mark.sandbox
 def test_static_passes_traffic_not_checked_exit_1(mesh: SandboxHandle, tmp_path: Path) -> None:
     """After a real bootstrap: every static check passes; the samples deploy and become
     Ready; exec is impossible, so verify says traffic was NOT checked and exits 1."""
@@ -313,6 +314,7 @@ def test_static_passes_traffic_not_checked_exit_1(mesh: SandboxHandle, tmp_path:
     assert _sample_gone(mesh)
 
 
+@pytest.mark.sandbox
 def test_human_output_says_traffic_not_checked(mesh: SandboxHandle) -> None:
     result = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", "--requests", "2",
                      "--keep", "--clusters-dir", str(mesh.clusters_dir), env=mesh.env())
@@ -343,6 +345,7 @@ def no_secret(mesh: SandboxHandle) -> Iterator[None]:
     _restore_secret(mesh, 0, saved)
 
 
+@pytest.mark.sandbox
 def test_deleted_remote_secret_fails_naming_it(mesh: SandboxHandle, tmp_path: Path,
                                                no_secret: None) -> None:
     result, doc, _ = _verify(mesh, tmp_path)
@@ -369,6 +372,7 @@ def bad_token(mesh: SandboxHandle) -> Iterator[None]:
     _restore_secret(mesh, 1, saved)
 
 
+@pytest.mark.sandbox
 def test_rejected_token_fails(mesh: SandboxHandle, tmp_path: Path, bad_token: None) -> None:
     result, doc, _ = _verify(mesh, tmp_path)
     assert result.returncode == 1
@@ -392,6 +396,7 @@ def foreign_root(mesh: SandboxHandle) -> Iterator[None]:
     _restore_secret(mesh, 1, saved)
 
 
+@pytest.mark.sandbox
 def test_other_root_fails_naming_the_cluster(mesh: SandboxHandle, tmp_path: Path,
                                              foreign_root: None) -> None:
     result, doc, _ = _verify(mesh, tmp_path)
@@ -419,6 +424,7 @@ def gateway_without_address(mesh: SandboxHandle) -> Iterator[None]:
         time.sleep(0.5)
 
 
+@pytest.mark.sandbox
 def test_gateway_without_address_fails(mesh: SandboxHandle, tmp_path: Path,
                                        gateway_without_address: None) -> None:
     result, doc, junit = _verify(mesh, tmp_path)
@@ -474,6 +480,7 @@ def _user_state(mesh: SandboxHandle) -> dict[str, tuple[str, str]]:
     return state
 
 
+@pytest.mark.sandbox
 def test_users_sample_namespace_comes_through_verify_untouched(
         mesh: SandboxHandle, tmp_path: Path, user_sample: dict[str, tuple[str, str]]) -> None:
     before = _user_state(mesh)
@@ -486,6 +493,7 @@ def test_users_sample_namespace_comes_through_verify_untouched(
     assert _sample_gone(mesh)
 
 
+@pytest.mark.sandbox
 def test_a_namespace_meshctl_does_not_own_is_refused(
         mesh: SandboxHandle, user_sample: dict[str, tuple[str, str]]) -> None:
     before = _user_state(mesh)

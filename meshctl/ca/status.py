@@ -56,15 +56,10 @@ from meshctl import kube
 from meshctl.ca import cacerts, certs, pki, rotation
 from meshctl.config import Config
 from meshctl.errors import ClusterError
+from meshctl.verdicts import FAIL, PASS, WARN, worst
 
 SCHEMA = "meshctl.certs.status/v1"
 WARN_DAYS = 30
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-_RANK = {PASS: 0, WARN: 1, FAIL: 2}
-
-
-def worst(levels: Iterable[str]) -> str:
-    return max(levels, key=_RANK.__getitem__, default=PASS)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,11 @@ time, so it is a :class:`ConnectFailed` at once instead of a minute of retries.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import urllib3
 
@@ -94,3 +96,18 @@ def explain(exc: BaseException) -> tuple[str, bool]:
         text = str(getattr(exc, "reason", "") or exc).splitlines()
         return f"request failed: {one_line(' '.join(text), 160)}", False
     return f"connection failed ({type(exc).__name__})", True
+
+
+def is_loopback(address: str) -> bool:
+    """True for a loopback host, given as a URL (``https://127.0.0.1:6443``) or a bare
+    host or IP: ``localhost``, ``*.localhost`` (RFC 6761 keeps the whole domain on
+    loopback), 127.0.0.0/8 and ``::1``.  Such an address in a remote secret or as the
+    main's gateway address points each cluster at itself."""
+    host = urlsplit(address).hostname if "://" in address else address
+    host = (host or "").strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

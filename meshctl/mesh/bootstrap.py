@@ -46,8 +46,7 @@ class Step:
 
 
 def _istiod(config: Config) -> str:
-    rev = config.mesh.istio.revision
-    return f"Deployment istio-system/istiod{'-' + rev if rev else ''}"
+    return f"Deployment istio-system/{istio.istiod_name(config.mesh.istio.revision)}"
 
 
 def steps(config: Config, plan: Plan) -> list[Step]:

@@ -18,7 +18,6 @@ never marks the namespace as its own.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import yaml
 from meshctl import istio, kube, manifests, ownership
 from meshctl.config import Cluster, Config
 from meshctl.errors import CheckFailed
+from meshctl.kube import connection
 from meshctl.topology import ClusterPlan, Plan
 
 NS = "istio-system"
@@ -59,8 +59,7 @@ def digest(text: str) -> str:
 
 
 def istiod_name(config: Config) -> str:
-    rev = config.mesh.istio.revision
-    return f"istiod-{rev}" if rev else "istiod"
+    return istio.istiod_name(config.mesh.istio.revision)
 
 
 def deployment_problem(k: kube.Kube, name: str, *, namespace: str = NS) -> str | None:
@@ -294,12 +293,6 @@ def purge_istio_crds(k: kube.Kube, *, timeout: float = 120.0,
     return deleted
 
 
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
 
 def east_west_address(k: kube.Kube, cluster: Cluster) -> str | None:
     """The east-west gateway's LoadBalancer address, else the cluster file's
@@ -359,7 +352,7 @@ def install_cluster(k: kube.Kube, ctl: istio.Istioctl, config: Config, plan: Pla
     Every step checks first, so a converged cluster sees reads only.
     """
     cluster = config.clusters[cp.name]
-    if main_address and _loopback(main_address):
+    if main_address and connection.is_loopback(main_address):
         main = config.clusters[cp.control_plane or ""]
         raise CheckFailed(
             f"{cp.name}: its control plane's east-west address {main_address} is a loopback "

@@ -15,7 +15,6 @@ The token never touches disk, logs or error messages; ``repr`` of a
 from __future__ import annotations
 
 import base64
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 from meshctl import istio, kube, ownership
 from meshctl.config import Cluster
 from meshctl.errors import ClusterError, UsageError
-from meshctl.kube import remote_kubeconfig
+from meshctl.kube import connection, remote_kubeconfig
 
 NAMESPACE = "istio-system"
 LABEL = "istio/multiCluster"
@@ -38,14 +37,6 @@ def secret_path(source: str) -> str:
     return f"/api/v1/namespaces/{NAMESPACE}/secrets/{secret_name(source)}"
 
 
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ def server_for(remote: Cluster, kubeconfig_server: str, flag: str | None = None)
         return Server(flag.rstrip("/"), True)
     if remote.api_server:
         return Server(remote.api_server, True)
-    if is_loopback(kubeconfig_server):
+    if connection.is_loopback(kubeconfig_server):
         raise UsageError(
             f"{remote.name}: the kubeconfig's API server {kubeconfig_server} is a loopback "
             "address that other clusters cannot reach",
@@ -82,13 +73,7 @@ class RemoteSecret:
 
     source: str
     server: str
-    user: str
     body: dict[str, Any] = field(repr=False)
-
-    def kubeconfig(self) -> remote_kubeconfig.RemoteKubeconfig:
-        """The kubeconfig's allowed values (with its token) for checks that must use it."""
-        return remote_kubeconfig.from_secret(self.body, self.source,
-                                             f"{self.source}: remote secret")
 
 
 def parse(text: str, *, source: str, server: Server,
@@ -135,7 +120,7 @@ def parse(text: str, *, source: str, server: Server,
     if config.server != server.url:
         raise ClusterError(f"{where}: kubeconfig points at {config.server}, "
                            f"expected {server.url}")
-    if is_loopback(server.url) and not server.explicit:
+    if connection.is_loopback(server.url) and not server.explicit:
         raise UsageError(f"{where}: kubeconfig points at loopback {server.url}",
                          hint="set apiServer in the cluster file or pass --server")
     labels = {**{k: v for k, v in (meta.get("labels") or {}).items()
@@ -153,7 +138,7 @@ def parse(text: str, *, source: str, server: Server,
                      "labels": labels, "annotations": annotations},
         "data": {source: base64.b64encode(raw).decode()},
     }
-    return RemoteSecret(source=source, server=server.url, user=config.user_name, body=body)
+    return RemoteSecret(source=source, server=server.url, body=body)
 
 
 def create(istioctl: istio.Istioctl, remote: Cluster, server: Server, *,

@@ -8,7 +8,6 @@ with it (``Result.numbers``) for ``--json``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,12 +17,11 @@ from meshctl import istio
 from meshctl.ca import pki
 from meshctl.config import Config
 from meshctl.errors import one_line
-from meshctl.mesh import remote_secret
+from meshctl.kube import connection
 from meshctl.preflight import capacity as cap
 from meshctl.preflight.facts import Facts
-
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-SEVERITY = {PASS: 0, WARN: 1, FAIL: 2}
+from meshctl.verdicts import FAIL, PASS, WARN
+from meshctl.versions import major_minor
 
 # Kubernetes minors each Istio minor supports: the minimum is istioctl's own
 # ``k8sversion.MinK8SVersion`` (below it istioctl warns that Istio is unsupported),
@@ -36,7 +34,6 @@ K8S_SUPPORT: dict[int, tuple[int, int | None]] = {
 # meshctl's own floor, whatever istioctl accepts: verify asks who it is with
 # SelfSubjectReview authentication.k8s.io/v1, served from Kubernetes 1.28 on.
 MESHCTL_MIN_MINOR = 28
-SEMVER_MINOR = re.compile(r"^v?(\d+)\.(\d+)")
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 
 
@@ -51,11 +48,6 @@ class Result:
     numbers: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     hint: str = ""
 
-    def line(self) -> str:
-        """``cluster2: <message>; <hint>``, the form the summary prints."""
-        text = f"{self.cluster}: {self.message}"
-        return f"{text}; {self.hint}" if self.hint else text
-
     def to_dict(self) -> dict[str, Any]:
         return {"cluster": self.cluster, "check": self.check, "status": self.status,
                 "message": self.message, "numbers": dict(self.numbers),
@@ -68,10 +60,6 @@ def result(facts: Facts, check: str, status: str, message: str, *, hint: str = "
                   message=one_line(message, limit), numbers=MappingProxyType(numbers),
                   hint=one_line(hint, 400) if hint else "")
 
-
-def _minor(version: str) -> tuple[int, int] | None:
-    m = SEMVER_MINOR.match(version or "")
-    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 # --- connection -----------------------------------------------------------------------
@@ -203,7 +191,7 @@ def existing_istio(facts: Facts, istioctl: istio.Istioctl | None,
                "revisions": ", ".join(revisions)}
     text = f"istiod {', '.join(versions)} (revision {', '.join(revisions)})"
     ist = istioctl.minor if istioctl else None
-    minors = [m for m in (_minor(v) for v in versions) if m]
+    minors = [m for m in (major_minor(v) for v in versions) if m]
     skew = max((abs(ist[1] - m[1]) for m in minors), default=0) if ist else 0
     ours = revision or "default"
     side_by_side = ours not in revisions
@@ -300,7 +288,7 @@ def api_server_address(facts: Facts) -> Result | None:
                       f"other clusters use apiServer {c.api_server} (set in {c.source.name})")
     if not facts.server:
         return None
-    if remote_secret.is_loopback(facts.server):
+    if connection.is_loopback(facts.server):
         return result(facts, "api-server-address", FAIL,
                       f"the kubeconfig's API server {facts.server} is a loopback address "
                       "other clusters cannot reach",

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshctl import kube
+from meshctl import istio, kube, versions
 from meshctl.ca import cacerts
 from meshctl.config import Cluster
 from meshctl.errors import MeshctlError
@@ -170,7 +170,7 @@ def gather(cluster: Cluster, footprint: Footprint, *, only_istio: bool = False) 
     try:
         info = k.request("GET", "/version", what="read /version") or {}
         facts.git_version = info.get("gitVersion", "")
-        facts.minor = _minor(info)
+        facts.minor = versions.kubernetes_minor(info)
     except MeshctlError as e:
         facts.unreachable = str(e)
         facts.requests = dict(k.counts)
@@ -187,18 +187,6 @@ def gather(cluster: Cluster, footprint: Footprint, *, only_istio: bool = False) 
     return facts
 
 
-def _minor(info: dict[str, Any]) -> int | None:
-    """The minor version from /version: ``minor`` ("28+" on some clouds), else gitVersion.
-
-    A development build says ``v0.0.0-master``: that is "unknown", not "too old".
-    """
-    major, minor = str(info.get("major", "")), str(info.get("minor", "")).rstrip("+")
-    if major == "1" and minor.isdigit():
-        return int(minor)
-    parts = str(info.get("gitVersion", "")).lstrip("v").split(".")
-    if len(parts) > 1 and parts[0] == "1" and parts[1].isdigit():
-        return int(parts[1])
-    return None
 
 
 def _guard(facts: Facts, attr: str, fn: Callable[[], None]) -> None:
@@ -236,12 +224,6 @@ def _read_pods(k: kube.Kube, facts: Facts) -> None:
     _guard(facts, "pods_error", read)
 
 
-def _has_proxy(pod: dict[str, Any]) -> bool:
-    """Injected already: its proxy's requests are in the node's sums, not a new demand."""
-    spec = pod.get("spec") or {}
-    return any(c.get("name") == "istio-proxy"
-               for c in (spec.get("containers") or []) + (spec.get("initContainers") or []))
-
 
 def _fold_pod(pod: dict[str, Any], used: dict[str, list[int]], inject: dict[str, int],
               istiod: list[IstiodPod], istio_pods: dict[str, int]) -> None:
@@ -252,7 +234,7 @@ def _fold_pod(pod: dict[str, Any], used: dict[str, list[int]], inject: dict[str,
     if meta.get("deletionTimestamp"):
         return
     ns = meta.get("namespace", "")
-    if ns in inject and not _has_proxy(pod):
+    if ns in inject and not istio.has_proxy(pod):
         inject[ns] += 1
     node = (pod.get("spec") or {}).get("nodeName")
     if node:

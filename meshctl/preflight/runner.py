@@ -76,9 +76,10 @@ from meshctl.errors import MeshctlError, UsageError
 from meshctl.preflight import checks, resources
 from meshctl.preflight import facts as facts_mod
 from meshctl.preflight import ownership as ownership_checks
-from meshctl.preflight.checks import FAIL, PASS, SEVERITY, WARN, Result
+from meshctl.preflight.checks import Result
 from meshctl.preflight.facts import Facts, Footprint
 from meshctl.topology import Plan
+from meshctl.verdicts import FAIL, PASS, WARN, worst
 
 SCHEMA = "meshctl.preflight/v1"
 CHECKS = ("context", "api", "kubernetes-version", "istioctl", "permissions", "nodes",
@@ -104,10 +105,6 @@ class ClusterReport:
     @property
     def status(self) -> str:
         return worst(r.status for r in self.results)
-
-
-def worst(statuses: object) -> str:
-    return max(statuses, key=SEVERITY.__getitem__, default=PASS)  # type: ignore[call-overload]
 
 
 # --- the public API ----------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Local clusters with real control planes and simulated nodes, for tests and for users.
 
-TESTING.md explains why: meshctl changes real clusters, so its tests run against real
+docs/testing.md explains why: meshctl changes real clusters, so its tests run against real
 API servers, real RBAC and a real scheduler, with kwok standing in for kubelets.  This
 module is the one way to get them: ``build`` compiles the pinned Go modules under
 ``sandbox/`` into a cache keyed by their ``go.mod``/``go.sum``; ``up`` starts N clusters
-and writes a kubeconfig plus cluster files in DESIGN.md's format; ``down`` stops every
+and writes a kubeconfig plus cluster files in the format of docs/architecture.md; ``down`` stops every
 process it started (pid files, process groups) and removes the state; ``status`` reports
 as data.  Building lives in ``sandbox_build``, the per-cluster work in
 ``sandbox_cluster``, processes in ``sandbox_procs``, the LoadBalancer loop in
@@ -260,7 +260,7 @@ def _write_outputs(state: Path, bins: Path, plans: list[cluster.ClusterPlan],
 
 
 def cluster_file(p: cluster.ClusterPlan, kubeconfig: Path) -> dict[str, Any]:
-    """DESIGN.md's cluster file; apiServer is loopback, set explicitly as DESIGN allows."""
+    """A cluster file for this sandbox cluster; apiServer is loopback, set explicitly."""
     return {"name": p.name, "context": p.name, "kubeconfig": str(kubeconfig),
             "network": f"network{p.index}", "role": "primary", "apiServer": p.server,
             "injectNamespaces": ["default"]}

@@ -2,7 +2,7 @@
 
 One module per command group, joined here.  Every task body runs inside
 :func:`meshctl.tasks._common.guard`, the one place where meshctl's errors become a
-one-line message on stderr and an exit code (DESIGN.md: 1 check failed, 2 usage or
+one-line message on stderr and an exit code (docs/architecture.md: 1 check failed, 2 usage or
 configuration, 3 cluster/API/istioctl).
 """
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from invoke.exceptions import Exit
 
 from meshctl import files
-from meshctl.errors import MeshctlError, NotAvailable, UsageError
+from meshctl.errors import MeshctlError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,8 +83,3 @@ def dns_label(flag: str, value: object, *, default: str) -> str:
         raise UsageError(f"{flag} {text[:70]!r}: not a DNS-1123 label (lower-case letters, "
                          "digits and '-', at most 63)")
     return text
-
-
-def not_yet(task: str, issue: int) -> None:
-    """Tasks of later milestones say so plainly and exit 2 instead of pretending."""
-    raise NotAvailable(f"'{task}' is not yet available in this version of meshctl (issue #{issue})")

@@ -7,12 +7,12 @@ from pathlib import Path
 from invoke import task
 
 from meshctl import config, files, report, topology
+from meshctl import verify as verifier
 from meshctl.errors import CheckFailed, ClusterError, UsageError
 from meshctl.mesh import bootstrap as flow
 from meshctl.mesh import status as status_mod
 from meshctl.tasks import _common
 from meshctl.tasks._common import guard
-from meshctl.verify import run as checks
 
 CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
@@ -25,11 +25,11 @@ def preflight(c, cluster=None, json=False, clusters_dir=None):
     """Check that each cluster can take the mesh (resources, permissions, versions)."""
     from invoke.exceptions import Exit
 
-    from meshctl.preflight import runner as checks  # imported here: only this task needs it
+    from meshctl.preflight import runner  # imported here: only this task needs it
 
     cfg = config.load(_common.clusters_dir(clusters_dir))
-    reports = checks.run(cfg, cluster or [])
-    document = checks.document(reports)
+    reports = runner.run(cfg, cluster or [])
+    document = runner.document(reports)
     if json:
         report.print_json(document)
     else:
@@ -159,7 +159,7 @@ def status(c, cluster=None, json=False, clusters_dir=None):
     "junit": "also write a JUnit XML report to this file (one testcase per check)",
     "keep": "leave the sample apps in their namespace (default: remove them)",
     "namespace": f"namespace for the sample apps, one meshctl owns or creates (default "
-                 f"{checks.DEFAULT_NAMESPACE}); an existing one meshctl did not make is "
+                 f"{verifier.DEFAULT_NAMESPACE}); an existing one meshctl did not make is "
                  "refused",
     "requests": "how many requests the curl client sends (default 10)",
     "timeout": "seconds to wait for the sample apps to become ready (default 180)",
@@ -170,15 +170,15 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
     """Check the mesh spans the clusters: static checks, then sample traffic."""
     count = int(_common.number("--requests", requests, default=10, minimum=1))
     wait = _common.number("--timeout", timeout, default=180, minimum=1, whole=False)
-    ns = _common.dns_label("--namespace", namespace, default=checks.DEFAULT_NAMESPACE)
+    ns = _common.dns_label("--namespace", namespace, default=verifier.DEFAULT_NAMESPACE)
     cfg = config.load(_common.clusters_dir(clusters_dir))
     plan = topology.plan(cfg, main or "", remote or [])
     if junit:
         files.check_writable(Path(junit))  # before any cluster is touched
-    result = checks.run(cfg, plan, requests=count, keep=keep, namespace=ns, timeout=wait,
+    result = verifier.run(cfg, plan, requests=count, keep=keep, namespace=ns, timeout=wait,
                         progress=report.progress)
     if junit:
-        files.write_atomic(Path(junit), checks.junit_xml(result))
+        files.write_atomic(Path(junit), verifier.junit_xml(result))
     if json:
         report.print_json(result.to_json())
     else:

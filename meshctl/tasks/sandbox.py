@@ -1,4 +1,4 @@
-"""sandbox.*: local clusters with real control planes and kwok nodes (TESTING.md).
+"""sandbox.*: local clusters with real control planes and kwok nodes (docs/testing.md).
 
 Each task is flags → ``meshctl.sandbox`` → print → exit; progress goes to stderr so
 ``sandbox.status --json`` stays clean JSON on stdout.
@@ -82,7 +82,7 @@ def status(c, json_=False):
     if not st.clusters:
         raise CheckFailed(f"no sandbox in {st.state_dir}", hint="'meshctl sandbox.up' starts one")
     if not st.up:
-        # Not fully up is a failed check (exit 1), as DESIGN.md's exit codes say.
+        # Not fully up is a failed check (exit 1), as the exit-code contract says.
         raise CheckFailed(f"sandbox in {st.state_dir} is not healthy",
                           hint="see the logs under its logs/ folder; 'sandbox.down' cleans up")
 

@@ -1,1 +1,48 @@
-"""meshctl.verify."""
+"""``verify``: does the mesh really span the clusters?  Facts from the live clusters only.
+
+The top layer of meshctl: it reads what bootstrap made and changes nothing but its own
+sample namespace.  Callers use ``from meshctl import verify`` and the names below.
+
+- :mod:`~meshctl.verify.run`: :func:`run` (static half, then traffic when it passed,
+  then cleanup).
+- :mod:`~meshctl.verify.static`: :func:`static_checks`: every link's remote secret works
+  with its own token, one root everywhere, east-west addresses, istiod Available.
+- :mod:`~meshctl.verify.traffic`: :func:`traffic_checks`, :func:`sample_manifests`,
+  :func:`cleanup`, :func:`refuse_foreign` (a namespace meshctl did not make is refused).
+- :mod:`~meshctl.verify.curl`: :func:`curl_script`, :func:`count_requests`,
+  :func:`judge_traffic`, :func:`exec_in_pod`: requests that were not seen never count.
+- :mod:`~meshctl.verify.control_plane`: istiod's own view of every linked cluster.
+- :mod:`~meshctl.verify.result`: :class:`Check`, :class:`Traffic`, :class:`Result`
+  (``--json``, schema ``meshctl.verify/v1``), :func:`junit_xml`.
+"""
+
+from meshctl.verdicts import FAIL, PASS, SKIP
+from meshctl.verify.curl import (
+    ExecFailed,
+    Tally,
+    count_requests,
+    curl_script,
+    exec_in_pod,
+    judge_traffic,
+)
+from meshctl.verify.result import (
+    DEFAULT_NAMESPACE,
+    SCHEMA,
+    Answer,
+    Check,
+    Failure,
+    Result,
+    Traffic,
+    junit_xml,
+    target,
+)
+from meshctl.verify.run import run
+from meshctl.verify.static import static_checks
+from meshctl.verify.traffic import cleanup, refuse_foreign, sample_manifests, traffic_checks
+
+__all__ = [
+    "DEFAULT_NAMESPACE", "FAIL", "PASS", "SCHEMA", "SKIP", "Answer", "Check", "ExecFailed",
+    "Failure", "Result", "Tally", "Traffic", "cleanup", "count_requests", "curl_script",
+    "exec_in_pod", "judge_traffic", "junit_xml", "refuse_foreign", "run",
+    "sample_manifests", "static_checks", "target", "traffic_checks",
+]

@@ -32,9 +32,10 @@ from meshctl.errors import ClusterError
 from meshctl.kube import remote_kubeconfig
 from meshctl.mesh import remote_secret
 from meshctl.topology import Plan
+from meshctl.verdicts import FAIL, PASS
+from meshctl.verify.result import Check
 
 GROUP = "control-plane"
-PASS, FAIL = "PASS", "FAIL"
 ISTIO_NAMESPACE = "istio-system"
 MONITORING_PORT = 15014
 SAMPLE = "helloworld"
@@ -43,9 +44,8 @@ ENDPOINTS_TIMEOUT = 60.0
 SYNC_TIMEOUT = 30.0  # istiod's own PILOT_REMOTE_CLUSTER_TIMEOUT default is 30 s
 
 
-def _check(name: str, cluster: str, status: str, message: str, hint: str | None = None) -> Any:
-    from meshctl.verify.run import Check  # late: verify imports this module
-
+def _check(name: str, cluster: str, status: str, message: str,
+           hint: str | None = None) -> Check:
     return Check(GROUP, name, cluster, status, message, hint)
 
 

@@ -1,0 +1,153 @@
+"""What ``verify`` found, as data: checks, the traffic tally, JSON and JUnit.
+
+Pure: nothing here talks to a cluster.  ``--json`` prints :meth:`Result.to_json`, schema
+``meshctl.verify/v1`` (keys only added within v1)::
+
+    {"schema": "meshctl.verify/v1", "main", "remotes": [...], "passed", "staticPassed",
+     "trafficChecked", "summary": {"PASS", "FAIL", "SKIP"}, "namespace",
+     "checks": [{"group", "name", "cluster", "status", "message", "hint"}],
+     "traffic": {"checked", "client", "requests",       # asked for
+                 "sent",                                # attempted, as the client reported
+                 "errors",                              # attempted and not answered
+                 "answers": [{"version", "cluster", "count"}],
+                 "failures": [{"reason", "count"}],     # curl's words / HTTP status
+                 "reason"},                             # why traffic was not checked
+     "kept", "cleanup": [...]}
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshctl.verdicts import FAIL, PASS, SKIP
+
+SCHEMA = "meshctl.verify/v1"
+DEFAULT_NAMESPACE = "meshctl-verify"
+READY_TIMEOUT = 180.0
+
+
+def target(namespace: str) -> str:
+    """The helloworld URL the client asks, through the mesh (the Service's short name)."""
+    return f"helloworld.{namespace}:5000/hello"
+
+Progress = Callable[[str, str], None]  # (cluster, message)
+
+
+def quiet(cluster: str, message: str) -> None:
+    del cluster, message
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict, one JUnit testcase.  ``group`` is static/traffic, ``name`` the check."""
+
+    group: str
+    name: str
+    cluster: str | None
+    status: str  # PASS | FAIL | SKIP
+    message: str
+    hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "name": self.name, "cluster": self.cluster,
+                "status": self.status, "message": self.message, "hint": self.hint}
+
+
+@dataclass(frozen=True)
+class Answer:
+    version: str
+    cluster: str  # the cluster whose pod answered, or "unknown"
+    count: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Requests that failed the same way; ``reason`` is curl's own words (or the HTTP
+    status and the start of the body), from the first such request."""
+
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the requests showed.  ``checked`` is False unless requests really ran."""
+
+    checked: bool
+    client: str | None  # cluster/pod the requests came from
+    requests: int  # asked for
+    sent: int  # attempted, as the client reported them (0 when exec was impossible)
+    answers: tuple[Answer, ...] = ()
+    errors: int = 0  # attempted requests that got no helloworld answer
+    reason: str | None = None  # why traffic was not checked
+    failures: tuple[Failure, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checked": self.checked, "client": self.client, "requests": self.requests,
+                "sent": self.sent, "errors": self.errors, "reason": self.reason,
+                "answers": [{"version": a.version, "cluster": a.cluster, "count": a.count}
+                            for a in self.answers],
+                "failures": [{"reason": f.reason, "count": f.count} for f in self.failures]}
+
+
+@dataclass(frozen=True)
+class Result:
+    main: str
+    remotes: tuple[str, ...]
+    checks: tuple[Check, ...]
+    traffic: Traffic
+    kept: bool = False  # --keep: the sample apps were left in place
+    cleanup: tuple[str, ...] = field(default=())  # what was removed afterwards
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def passed(self) -> bool:
+        return self.traffic.checked and all(c.status == PASS for c in self.checks)
+
+    @property
+    def static_passed(self) -> bool:
+        return all(c.status == PASS for c in self.checks if c.group == "static")
+
+    def to_json(self) -> dict[str, Any]:
+        counts = Counter(c.status for c in self.checks)
+        return {"schema": SCHEMA, "main": self.main, "remotes": list(self.remotes),
+                "passed": self.passed, "staticPassed": self.static_passed,
+                "trafficChecked": self.traffic.checked,
+                "summary": {s: counts.get(s, 0) for s in (PASS, FAIL, SKIP)},
+                "checks": [c.to_json() for c in self.checks],
+                "traffic": self.traffic.to_json(), "kept": self.kept,
+                "cleanup": list(self.cleanup), "namespace": self.namespace}
+
+
+
+
+# --- JUnit -------------------------------------------------------------------------------
+
+
+def junit_xml(result: Result) -> str:
+    """A JUnit XML report: one testsuite, one testcase per check (FAIL → failure)."""
+    counts = Counter(c.status for c in result.checks)
+    suite = ET.Element("testsuite", {
+        "name": "meshctl.verify", "tests": str(len(result.checks)),
+        "failures": str(counts.get(FAIL, 0)), "errors": "0",
+        "skipped": str(counts.get(SKIP, 0))})
+    for c in result.checks:
+        case = ET.SubElement(suite, "testcase", {"classname": f"meshctl.verify.{c.group}",
+                                                 "name": c.name})
+        text = c.message + (f" (hint: {c.hint})" if c.hint else "")
+        if c.status == FAIL:
+            ET.SubElement(case, "failure", {"message": c.message}).text = text
+        elif c.status == SKIP:
+            ET.SubElement(case, "skipped", {"message": c.message})
+        else:
+            ET.SubElement(case, "system-out").text = text
+    root = ET.Element("testsuites", {"name": "meshctl verify",
+                                     "tests": suite.get("tests", "0"),
+                                     "failures": suite.get("failures", "0")})
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
