@@ -31,6 +31,7 @@ import yaml
 from meshctl import config, topology
 from meshctl.errors import MeshctlError
 from meshctl.mesh import bootstrap
+from meshctl.sandbox import build as sandbox_build
 from meshctl.sandbox import lifecycle as sandbox
 
 
@@ -128,7 +129,7 @@ def main() -> int:
                         help="stress: bootstrap 1+N from this many fresh sandboxes")
     parser.add_argument("--one-network", action="store_true")
     args = parser.parse_args()
-    bins = sandbox.locate()
+    bins = sandbox_build.locate()
     if bins is None:
         print("sandbox binaries missing: run 'meshctl sandbox.build'", file=sys.stderr)
         return 2

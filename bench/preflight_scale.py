@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from meshctl import kube  # noqa: E402
 from meshctl.config import Cluster  # noqa: E402
 from meshctl.sandbox import lifecycle as sandbox  # noqa: E402
-from meshctl.sandbox.lifecycle import Shape  # noqa: E402
+from meshctl.sandbox.cluster import Shape  # noqa: E402
 
 NAMESPACE = "bench"
 NODE_SIZE = {"cpu": "32", "memory": "128Gi", "pods": "110"}

@@ -7,6 +7,13 @@ between tests comes from a fresh namespace each (``namespace``).  The fixtures n
 binaries missing means skip with one line, or fail when ``MESHCTL_REQUIRE_SANDBOX=1``
 (CI), so CI can never pass by skipping.  Every sandbox started here is stopped at the
 end of the session, also after Ctrl-C (``pytest_sessionfinish`` and ``atexit``).
+
+Every test that uses them must be marked ``@pytest.mark.sandbox`` so that
+``pytest -m "not sandbox"`` needs no Go, no built binaries and starts nothing: collection
+stops, naming them, for unmarked tests whose fixtures include ``SANDBOX_FIXTURES``
+(``pytest_collection_modifyitems``), and a test that still reaches the binaries or starts
+a sandbox unmarked (say through ``request.getfixturevalue``) fails there
+(``_require_sandbox_marker``).
 """
 
 from __future__ import annotations
@@ -23,12 +30,22 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from meshctl.sandbox import build as sandbox_build
 from meshctl.sandbox import lifecycle as sbx
-from meshctl.sandbox.lifecycle import Shape
+from meshctl.sandbox.cluster import Shape
 
 DEFAULT_SHAPE = Shape(nodes=3, cpu="4", memory="8Gi", pods=110)
 
 _STARTED: list[Path] = []
+
+#: The fixtures that need the sandbox binaries or a running sandbox.  A test whose fixture
+#: closure holds any of them must carry the ``sandbox`` marker (checked at collection).
+SANDBOX_FIXTURES = frozenset({"sandbox_bin", "sandbox_factory", "sandbox",
+                              "namespace_factory", "namespace"})
+MARKER = "sandbox"
+
+# The test being run (setup, call and teardown), for the run-time marker check.
+_RUNNING: list[pytest.Item] = []
 
 
 def _down_all() -> None:
@@ -48,12 +65,56 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _down_all()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _RUNNING.append(item)
+    try:
+        yield
+    finally:
+        _RUNNING.remove(item)
+
+
+def _require_sandbox_marker(what: str) -> None:
+    """Fail the running test if it reaches the sandbox without ``@pytest.mark.sandbox``.
+
+    The collection check (tests/conftest.py) sees only declared fixtures; this one also
+    catches ``request.getfixturevalue`` and direct calls, before anything is looked up
+    or started.
+    """
+    if _RUNNING and _RUNNING[-1].get_closest_marker(MARKER) is None:
+        pytest.fail(f"{_RUNNING[-1].nodeid} uses {what} but is not marked "
+                    f"@pytest.mark.{MARKER}: 'pytest -m \"not {MARKER}\"' must start no "
+                    "cluster and need no Go-built binary", pytrace=False)
+
+
+def unmarked_sandbox_tests(items: list[pytest.Item]) -> list[str]:
+    """``nodeid (uses ...)`` for every item that needs the sandbox but is not marked."""
+    found = []
+    for item in items:
+        used = SANDBOX_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if used and item.get_closest_marker(MARKER) is None:
+            found.append(f"{item.nodeid} (uses {', '.join(sorted(used))})")
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the check holds for every selection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop the collection, naming them, if tests use the sandbox without its marker."""
+    unmarked = unmarked_sandbox_tests(items)
+    if unmarked:
+        raise pytest.UsageError(
+            f"{len(unmarked)} test(s) use the sandbox fixtures without "
+            f"@pytest.mark.{MARKER} (mark the test, or set pytestmark in its module):\n  "
+            + "\n  ".join(unmarked))
+
+
 def require_bin() -> Path:
     """The sandbox bin dir, located without building; skip (or fail in CI) if missing."""
-    found = sbx.locate()
+    _require_sandbox_marker("the sandbox binaries")
+    found = sandbox_build.locate()
     if found is not None:
         return found
-    reason = (f"sandbox binaries not built (looked in {sbx.bin_dir()}); "
+    reason = (f"sandbox binaries not built (looked in {sandbox_build.bin_dir()}); "
               "run 'meshctl sandbox.build' or set MESHCTL_SANDBOX_BIN")
     if os.environ.get("MESHCTL_REQUIRE_SANDBOX") == "1":
         pytest.fail(reason, pytrace=False)
@@ -156,6 +217,7 @@ def sandbox_factory(tmp_path_factory: pytest.TempPathFactory,
     def make(clusters: int | Sequence[Shape] = 2, *, nodes: int = DEFAULT_SHAPE.nodes,
              cpu: str = DEFAULT_SHAPE.cpu, memory: str = DEFAULT_SHAPE.memory,
              pods: int = DEFAULT_SHAPE.pods, label: str = "default") -> SandboxHandle:
+        _require_sandbox_marker(f"a sandbox (label {label!r})")
         shapes = sbx.shapes(clusters, nodes=nodes, cpu=cpu, memory=memory, pods=pods)
         key = (shapes, label)
         if key not in _LIVE:

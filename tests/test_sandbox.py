@@ -24,6 +24,7 @@ from kubernetes import client as k8s
 from meshctl.errors import ClusterError, UsageError
 from meshctl.sandbox import lifecycle as sbx
 from meshctl.sandbox import procs as sandbox_procs
+from meshctl.sandbox import status as sandbox_status
 from tests.sandbox_fixtures import Cluster, SandboxFactory, SandboxHandle
 
 T = TypeVar("T")
@@ -339,7 +340,7 @@ def test_up_twice_is_refused_and_down_leaves_no_process(sandbox_bin: Path,
     try:
         pids = [*sb.clusters[0].pids.values(), sb.lb_pid]
         assert len(pids) == 6 and all(sandbox_procs.alive(p, state) for p in pids)
-        st = sbx.status(state)
+        st = sandbox_status.status(state)
         assert st.up and st.clusters[0].nodes_ready == 1 and st.clusters[0].rss_bytes > 0
         with pytest.raises(UsageError, match="already up"):
             sbx.up(state, clusters=1, nodes=1, binaries=sandbox_bin)
@@ -371,7 +372,7 @@ def test_failed_up_names_the_component_and_leaves_no_process(sandbox_bin: Path,
     assert sorted(p.name for p in state.iterdir()) == [".meshctl-sandbox", "logs"]
     # What a failed up leaves is stale, not "already up": the next up starts afresh.
     sb = sbx.up(state, clusters=1, nodes=1, cpu="1", memory="1Gi", binaries=sandbox_bin)
-    assert sbx.status(state).up and sb.clusters[0].name == "cluster1"
+    assert sandbox_status.status(state).up and sb.clusters[0].name == "cluster1"
     sbx.down(state)
     assert not state.exists()
 

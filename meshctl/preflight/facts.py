@@ -1,7 +1,7 @@
 """Preflight's reads: everything it needs from one cluster, gathered once, as facts.
 
 Facts first, checks second (cilium-cli's ``connect``): this module is the only part
-of preflight that talks to a cluster, and only through ``kube.py``.  The reads are
+of preflight that talks to a cluster, and only through :mod:`meshctl.kube`.  The reads are
 shaped for large clusters:
 
 - one paginated LIST per kind across all namespaces (nodes, pods, namespaces and,
@@ -10,18 +10,16 @@ shaped for large clusters:
   on it, per inject namespace a pod count, the istiod pods; nothing else is kept;
 - nodes and pods are listed concurrently (two continue-token chains, each strictly
   sequential by nature);
-- an Istio meshctl did not install (``preflight_found`` folds what is found): one LIST
+- an Istio meshctl did not install (:mod:`~meshctl.preflight.found` folds what is found): one LIST
   each of istiod Deployments (label ``app=istiod``, all namespaces), Helm release
   Secrets (field selector on their type, small pages: their payloads are large),
   IstioOperators (a 404 means no CRD), ConfigMaps in istio-system (mesh config, the
   values istioctl rendered, meshctl's install record) and MutatingWebhookConfigurations,
   plus a GET of ``istio-ca-secret``: six requests, whatever the cluster's size;
-- permissions: one SelfSubjectAccessReview for "everything" first; a cluster admin
-  passes it and nothing more is asked.  Otherwise one SelfSubjectRulesReview gives
-  every rule held in istio-system (matched here as RBAC matches it), and one access
-  review per cluster-wide permission; the report lists each missing one.  When the
-  server says its rules list is incomplete (an authorizer besides RBAC), the
-  namespaced permissions are asked one by one too.
+- permissions (:mod:`~meshctl.preflight.permissions`): one SelfSubjectAccessReview for
+  "everything" first; a cluster admin passes it and nothing more is asked.  Otherwise
+  one SelfSubjectRulesReview for istio-system and one access review per cluster-wide
+  permission; the report lists each missing one.
 
 Every read that fails is kept as an error string on the facts, never raised, so
 the other checks of that cluster still run.
@@ -39,12 +37,11 @@ from meshctl.ca import cacerts
 from meshctl.config import Cluster
 from meshctl.errors import MeshctlError
 from meshctl.preflight import capacity as cap
-from meshctl.preflight import found
+from meshctl.preflight import found, permissions
+from meshctl.preflight.permissions import PERMISSIONS, Permission  # noqa: F401  (re-exported)
 
 ISTIO_NS = "istio-system"
 REACH_DEADLINE = 10.0  # seconds of retries before a cluster counts as unreachable
-SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
-SSRR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
 HELM_PAGE = 20  # Helm release Secrets per page: each may hold a ~1 MiB payload
 
 
@@ -59,53 +56,6 @@ class Footprint:
     link_source: bool  # other clusters read this API server (remote secret)
 
 
-@dataclass(frozen=True)
-class Permission:
-    verb: str
-    resource: str
-    group: str = ""
-    namespace: str | None = None
-
-    def __str__(self) -> str:
-        res = f"{self.resource}.{self.group}" if self.group else self.resource
-        where = f" in {self.namespace}" if self.namespace else " (cluster-wide)"
-        return f"{self.verb} {res}{where}"
-
-
-def _cluster_scoped(verb: str, resource: str, group: str = "") -> Permission:
-    return Permission(verb, resource, group)
-
-
-def _in_istio(verb: str, resource: str, group: str = "") -> Permission:
-    return Permission(verb, resource, group, ISTIO_NS)
-
-
-# What `istioctl install` (default profile, plus the east-west gateway), cacerts push,
-# namespace labels and `istioctl create-remote-secret` + link need; "create" stands
-# for the write verbs of each kind, "patch" where meshctl updates in place.
-PERMISSIONS: tuple[Permission, ...] = (
-    _cluster_scoped("create", "namespaces"),
-    _cluster_scoped("patch", "namespaces"),
-    _cluster_scoped("create", "customresourcedefinitions", "apiextensions.k8s.io"),
-    _cluster_scoped("create", "clusterroles", "rbac.authorization.k8s.io"),
-    _cluster_scoped("create", "clusterrolebindings", "rbac.authorization.k8s.io"),
-    _cluster_scoped("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io"),
-    _cluster_scoped("create", "validatingwebhookconfigurations",
-                    "admissionregistration.k8s.io"),
-    _in_istio("create", "deployments", "apps"),
-    _in_istio("create", "services"),
-    _in_istio("create", "serviceaccounts"),
-    _in_istio("create", "configmaps"),
-    _in_istio("create", "secrets"),
-    _in_istio("patch", "secrets"),
-    _in_istio("get", "secrets"),
-    _in_istio("create", "roles", "rbac.authorization.k8s.io"),
-    _in_istio("create", "rolebindings", "rbac.authorization.k8s.io"),
-    _in_istio("create", "poddisruptionbudgets", "policy"),
-    _in_istio("create", "horizontalpodautoscalers", "autoscaling"),
-)
-GATEWAY_PERMISSION = _in_istio("create", "gateways", "networking.istio.io")
-EVERYTHING = Permission("*", "*", "*")
 
 
 @dataclass(frozen=True)
@@ -355,54 +305,11 @@ def _read_istio(k: kube.Kube, facts: Facts) -> None:
             got.errors[key] = str(e)
 
 
-def allowed(k: kube.Kube, perm: Permission) -> bool:
-    """One SelfSubjectAccessReview: may the kubeconfig's user do ``perm``?"""
-    attrs: dict[str, str] = {"verb": perm.verb, "group": perm.group,
-                             "resource": perm.resource}
-    if perm.namespace:
-        attrs["namespace"] = perm.namespace
-    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": attrs}}
-    review = k.request("POST", SSAR_PATH, body=body, what=f"access review: {perm}")
-    return bool((review.get("status") or {}).get("allowed"))
-
-
-def _rule_allows(rule: dict[str, Any], perm: Permission) -> bool:
-    """RBAC's own matching for one resource rule (a rule naming objects grants less)."""
-    def has(key: str, value: str) -> bool:
-        values = rule.get(key) or []
-        return "*" in values or value in values
-    return (has("verbs", perm.verb) and has("apiGroups", perm.group)
-            and has("resources", perm.resource) and not rule.get("resourceNames"))
-
-
-def namespace_rules(k: kube.Kube, namespace: str) -> list[dict[str, Any]] | None:
-    """Every resource rule the user holds in ``namespace`` (one SelfSubjectRulesReview),
-    or ``None`` when the server says the list is incomplete (another authorizer)."""
-    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
-            "spec": {"namespace": namespace}}
-    review = k.request("POST", SSRR_PATH, body=body, what=f"rules review in {namespace}")
-    status = review.get("status") or {}
-    return None if status.get("incomplete") else list(status.get("resourceRules") or [])
-
-
 def _read_permissions(k: kube.Kube, facts: Facts) -> None:
-    """One wildcard review for admins; else one rules review for istio-system and one
-    access review per cluster-wide permission (about 9 requests instead of 19)."""
+    """Admin, or the permissions this cluster's footprint needs and the user lacks."""
     def read() -> None:
-        if allowed(k, EVERYTHING):
-            facts.admin = True
-            return
-        wanted = [*PERMISSIONS, *([GATEWAY_PERMISSION] if facts.footprint.istio_gateways
-                                  else [])]
-        rules = namespace_rules(k, ISTIO_NS)
-        by_rules = {p: any(_rule_allows(r, p) for r in rules)
-                    for p in wanted if p.namespace == ISTIO_NS} if rules is not None else {}
-        ask = [p for p in wanted if p not in by_rules]
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            answers = dict(zip(ask, pool.map(lambda p: allowed(k, p), ask), strict=True))
-        answers.update(by_rules)
-        facts.missing = [p for p in wanted if not answers[p]]
+        facts.admin, facts.missing = permissions.missing(
+            k, gateways=facts.footprint.istio_gateways)
     _guard(facts, "permissions_error", read)
 
 

@@ -4,11 +4,9 @@ docs/testing.md explains why: meshctl changes real clusters, so its tests run ag
 API servers, real RBAC and a real scheduler, with kwok standing in for kubelets.  This
 module is the one way to get them: ``build`` compiles the pinned Go modules under
 ``sandbox/`` into a cache keyed by their ``go.mod``/``go.sum``; ``up`` starts N clusters
-and writes a kubeconfig plus cluster files in the format of docs/architecture.md; ``down`` stops every
-process it started (pid files, process groups) and removes the state; ``status`` reports
-as data.  Building lives in ``sandbox_build``, the per-cluster work in
-``sandbox_cluster``, processes in ``sandbox_procs``, the LoadBalancer loop in
-``sandbox_lb``.
+and writes a kubeconfig plus cluster files (the same format as any cluster file);
+``down`` stops every process it started (pid files, process groups) and removes the
+state.  What runs now is :mod:`~meshctl.sandbox.status`.
 """
 
 from __future__ import annotations
@@ -28,28 +26,17 @@ from typing import Any
 import yaml
 
 from meshctl import files
-from meshctl.sandbox import cluster
-from meshctl.sandbox import procs
 from meshctl.errors import ClusterError, UsageError
+from meshctl.sandbox import cluster, procs
 from meshctl.sandbox.build import (
-    BINARIES,
     REPO,
     RUNTIME,
     SOURCES,
-    BuildResult,
     bin_dir,
-    build,
-    build_hash,
-    locate,
     missing_binaries,
 )
 from meshctl.sandbox.cluster import Shape
 from meshctl.sandbox.lb import READY_FILE
-
-# The public surface: tests and tasks import these from here.
-__all__ = ["BINARIES", "RUNTIME", "BuildResult", "Sandbox", "SandboxCluster", "SandboxStatus",
-           "Shape", "bin_dir", "build", "build_hash", "default_state_dir", "down", "load",
-           "locate", "shapes", "status", "up", "validate_shape"]
 
 Progress = Callable[[str], None]
 
@@ -100,7 +87,7 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("MESHCTL_SANDBOX_DIR") or ".meshctl/sandbox")
 
 
-def _resolve(state_dir: Path | str | None) -> Path:
+def resolve_state_dir(state_dir: Path | str | None) -> Path:
     return Path(state_dir or default_state_dir()).expanduser().resolve()
 
 
@@ -153,7 +140,7 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
     are kept, so the error's pointer to a log still leads somewhere.
     """
     say = progress or (lambda _m: None)
-    state = _resolve(state_dir)
+    state = resolve_state_dir(state_dir)
     wanted = shapes(clusters, nodes=nodes, cpu=cpu, memory=memory, pods=pods)
     bins = binaries or bin_dir()
     if missing := missing_binaries(bins, RUNTIME):
@@ -313,7 +300,7 @@ def _to_json(sb: Sandbox) -> dict[str, Any]:
 
 def load(state_dir: Path | str | None = None) -> Sandbox:
     """The sandbox recorded in a state folder (UsageError if there is none)."""
-    state = _resolve(state_dir)
+    state = resolve_state_dir(state_dir)
     try:
         raw = json.loads((state / STATE_FILE).read_text())
     except FileNotFoundError:
@@ -345,7 +332,7 @@ class DownResult:
 
 def down(state_dir: Path | str | None = None) -> DownResult:
     """Stop every process of the sandbox (TERM, then KILL) and remove its state folder."""
-    state = _resolve(state_dir)
+    state = resolve_state_dir(state_dir)
     if not state.exists():
         return DownResult(state, 0, (), False)
     if not (state / MARKER).exists():
@@ -354,80 +341,3 @@ def down(state_dir: Path | str | None = None) -> DownResult:
     killed = procs.stop_all(state)
     shutil.rmtree(state)
     return DownResult(state, running, tuple(killed), True)
-
-
-@dataclass(frozen=True)
-class ProcessStatus:
-    component: str
-    pid: int
-    alive: bool
-    rss_bytes: int
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    name: str
-    context: str
-    server: str
-    api_healthy: bool
-    nodes_ready: int
-    nodes_wanted: int
-    processes: tuple[ProcessStatus, ...]
-
-    @property
-    def rss_bytes(self) -> int:
-        return sum(p.rss_bytes for p in self.processes)
-
-
-@dataclass(frozen=True)
-class SandboxStatus:
-    state_dir: Path
-    up: bool
-    kubeconfig: Path | None
-    clusters_dir: Path | None
-    clusters: tuple[ClusterStatus, ...]
-    lb: ProcessStatus | None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = json.loads(json.dumps(asdict(self), default=str))
-        for c, cs in zip(data["clusters"], self.clusters, strict=True):
-            c["rss_bytes"] = cs.rss_bytes
-        return data
-
-
-def _process_status(component: str, pid: int, state: Path) -> ProcessStatus:
-    ok = procs.alive(pid, state)
-    return ProcessStatus(component, pid, ok, procs.rss_bytes(pid) if ok else 0)
-
-
-def _cluster_status(state: Path, c: SandboxCluster) -> ClusterStatus:
-    p = cluster.ClusterPlan(index=int(c.name.removeprefix("cluster")), state_dir=state,
-                            shape=c.shape, etcd_port=0, peer_port=0,
-                            api_port=int(c.server.rsplit(":", 1)[1]))
-    api = p.api()
-    healthy = api.ready()
-    ready = 0
-    if healthy:
-        try:
-            ready = sum(1 for n in api.get("/api/v1/nodes")["items"]
-                        if any(k["type"] == "Ready" and k["status"] == "True"
-                               for k in n.get("status", {}).get("conditions", [])))
-        except Exception:  # status reports, it does not fail
-            ready = 0
-    return ClusterStatus(name=c.name, context=c.context, server=c.server, api_healthy=healthy,
-                         nodes_ready=ready, nodes_wanted=c.shape.nodes,
-                         processes=tuple(_process_status(k, v, state)
-                                         for k, v in sorted(c.pids.items())))
-
-
-def status(state_dir: Path | str | None = None) -> SandboxStatus:
-    """What runs and whether each API answers; never raises for a missing sandbox."""
-    state = _resolve(state_dir)
-    if not (state / STATE_FILE).exists():
-        return SandboxStatus(state, False, None, None, (), None)
-    sb = load(state)
-    clusters = tuple(_cluster_status(state, c) for c in sb.clusters)
-    lb = _process_status("lb", sb.lb_pid, state) if sb.lb_pid else None
-    is_up = (lb is not None and lb.alive
-             and all(c.api_healthy and all(p.alive for p in c.processes) for c in clusters))
-    return SandboxStatus(state, is_up, sb.kubeconfig, sb.clusters_dir, clusters, lb)

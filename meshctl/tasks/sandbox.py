@@ -12,7 +12,9 @@ import sys
 from invoke import task
 
 from meshctl.errors import CheckFailed, UsageError
+from meshctl.sandbox import build as sandbox_build
 from meshctl.sandbox import lifecycle as sandbox
+from meshctl.sandbox import status as sandbox_status
 from meshctl.tasks._common import guard
 
 
@@ -31,7 +33,7 @@ def _int(flag: str, value: object) -> int:
 @guard
 def build(c):
     """Build the sandbox binaries (etcd, kube-*, kwok, istioctl) from pinned Go modules."""
-    result = sandbox.build(progress=_progress)
+    result = sandbox_build.build(progress=_progress)
     print(result.bin_dir)
 
 
@@ -74,7 +76,7 @@ def down(c):
 @guard
 def status(c, json_=False):
     """Show the sandbox clusters, their processes and whether each API answers."""
-    st = sandbox.status()
+    st = sandbox_status.status()
     if json_:
         print(json.dumps(st.to_dict(), indent=2))
     else:
@@ -87,7 +89,7 @@ def status(c, json_=False):
                           hint="see the logs under its logs/ folder; 'sandbox.down' cleans up")
 
 
-def _render(st: sandbox.SandboxStatus) -> None:
+def _render(st: sandbox_status.SandboxStatus) -> None:
     from rich.console import Console
     from rich.table import Table
 
