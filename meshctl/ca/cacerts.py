@@ -14,13 +14,21 @@ from typing import Any
 
 import yaml
 
-from meshctl import files, kube, manifests
+from meshctl import files, kube, render
 from meshctl.ca import certs, pki
 from meshctl.errors import CheckFailed, UsageError
 
 NAMESPACE = "istio-system"
 PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/cacerts"
 WHAT = "Secret istio-system/cacerts"
+
+
+def manifest(bundle: certs.Bundle) -> str:
+    """The ``istio-system/cacerts`` Secret; contains the intermediate key."""
+    data = {name: base64.b64encode(content).decode() for name, content in bundle.files().items()}
+    return render.render("cacerts.yaml.j2", data=data,
+                         root_fingerprint=pki.fingerprint(bundle.signing_root),
+                         intermediate_serial=f"{bundle.ca_cert.serial_number:x}")
 
 
 def read(k: kube.Kube) -> certs.Bundle | None:
@@ -81,7 +89,7 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
     if any(pki.same_public_key(root, bundle.ca_key) for root in bundle.roots):
         # the one key that must never reach a cluster; cheap to make impossible
         raise UsageError(f"{k.cluster}: refusing to push {WHAT}: its ca-key.pem is a root's key")
-    wanted = yaml.safe_load(manifests.cacerts_secret(bundle))
+    wanted = yaml.safe_load(manifest(bundle))
     if live is kube.UNREAD:
         live = k.get(PATH, what=f"read {WHAT}")
     if live is None:
@@ -106,7 +114,7 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
 def conflict(cluster: str, live: dict | None, bundle: certs.Bundle) -> str | None:
     """What an ``apply`` without force would refuse: ``None`` when it would go through."""
     if live is None or (live.get("data") or {}) == yaml.safe_load(
-            manifests.cacerts_secret(bundle))["data"]:
+            manifest(bundle))["data"]:
         return None
     live_bundle = from_secret(cluster, live)
     return (difference(live_bundle, bundle) if live_bundle

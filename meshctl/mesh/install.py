@@ -58,9 +58,6 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def istiod_name(config: Config) -> str:
-    return istio.istiod_name(config.mesh.istio.revision)
-
 
 def deployment_problem(k: kube.Kube, name: str, *, namespace: str = NS) -> str | None:
     """``None`` when ``<namespace>/<name>`` is Available with every replica updated."""
@@ -335,39 +332,22 @@ def wait_east_west_address(k: kube.Kube, cluster: Cluster, *,
 def components(config: Config, plan: Plan, cp: ClusterPlan, *,
                main_address: str | None) -> list[Component]:
     """The istioctl installs the plan puts on ``cp``, in order."""
+    istiod = istio.istiod_name(config.mesh.istio.revision)
     out = [Component("istio-operator.yaml",
                      manifests.istio_operator(config, plan, cp, main_address=main_address),
-                     istiod_name(config) if cp.istio_role == "primary" else None)]
+                     istiod if cp.istio_role == "primary" else None)]
     if cp.east_west_gateway:
         out.append(Component("eastwest-gateway.yaml", manifests.eastwest_gateway(config, cp),
                              EASTWEST))
     return out
 
 
-def install_cluster(k: kube.Kube, ctl: istio.Istioctl, config: Config, plan: Plan,
-                    cp: ClusterPlan, *, main_address: str | None = None, force: bool = False,
-                    progress: Progress = _quiet) -> str | None:
-    """Namespace, Istio, gateway, exposures for one cluster; returns its east-west address.
-
-    Every step checks first, so a converged cluster sees reads only.
-    """
-    cluster = config.clusters[cp.name]
+def check_main_address(config: Config, cp: ClusterPlan, main_address: str | None) -> None:
+    """A remote-role cluster must reach its control plane's east-west gateway: a loopback
+    address would point it at itself (and Kubernetes refuses it in an EndpointSlice)."""
     if main_address and connection.is_loopback(main_address):
         main = config.clusters[cp.control_plane or ""]
         raise CheckFailed(
             f"{cp.name}: its control plane's east-west address {main_address} is a loopback "
             "address, which it cannot reach (and Kubernetes refuses in an EndpointSlice)",
             hint=f"set eastWestAddress in {main.source} to an address {cp.name} can reach")
-    for change in prepare_namespace(k, cp, plan.mesh_id, force=force):
-        progress(cp.name, change)
-    for comp in components(config, plan, cp, main_address=main_address):
-        ensure_component(k, ctl, cluster, comp, mesh_id=plan.mesh_id, progress=progress)
-    if cp.expose_istiod:
-        apply_manifest(k, manifests.expose_istiod(config), force=force)
-    if cp.expose_services:
-        apply_manifest(k, manifests.expose_services(plan.mesh_id), force=force)
-    if not cp.east_west_gateway:
-        return None
-    address = wait_east_west_address(k, cluster)
-    progress(cp.name, f"east-west gateway address {address}")
-    return address

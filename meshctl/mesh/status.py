@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshctl import kube
+from meshctl import istio, kube
 from meshctl.ca import cacerts, certs
 from meshctl.config import Config
 from meshctl.errors import ClusterError
@@ -51,7 +51,7 @@ class ClusterStatus:
 
 def _istio_version(k: kube.Kube, config: Config) -> str | None:
     """The control plane's version label (set by istioctl), else its image tag."""
-    name = install.istiod_name(config)
+    name = istio.istiod_name(config.mesh.istio.revision)
     dep = k.get(f"/apis/apps/v1/namespaces/istio-system/deployments/{name}",
                 what=f"read Deployment istio-system/{name}")
     if not dep:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from meshctl import kube
+from meshctl import istio, kube
 from meshctl.ca import status as cert_status
 from meshctl.config import Config
 from meshctl.errors import MeshctlError
@@ -133,7 +133,7 @@ def check_east_west(config: Config, clients: dict[str, kube.Kube], cluster: str)
 
 
 def check_istiod(config: Config, clients: dict[str, kube.Kube], cluster: str) -> Check:
-    name = install.istiod_name(config)
+    name = istio.istiod_name(config.mesh.istio.revision)
 
     def result(status: str, message: str, hint: str | None = None) -> Check:
         return Check("static", f"istiod on {cluster}", cluster, status, message, hint)

@@ -1,0 +1,62 @@
+"""Rendering ``templates/``: the one jinja2 environment meshctl has.
+
+jinja2 with ``StrictUndefined``: a variable a template expects but the code forgot
+is an error at render time, never an empty string in a cluster.  String values go
+through ``tojson`` in the templates, which is valid YAML and cannot break structure.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _tojson(value: Any) -> Any:
+    """jinja2's ``tojson``, but a missing variable is an UndefinedError, not a TypeError
+    from the JSON encoder (StrictUndefined alone does not catch it inside a filter)."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return jinja2.utils.htmlsafe_json_dumps(value, sort_keys=True)
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # YAML, not HTML; values are quoted with tojson
+    )
+    env.filters["tojson"] = _tojson
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """Render ``templates/<template>`` with ``context``."""
+    return _env().get_template(template).render(**context)
+
+
+def split(text: str) -> list[dict[str, Any]]:
+    """The documents of a rendered manifest, as dicts (empty documents dropped)."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged over ``base``: mappings recursively, everything else replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
