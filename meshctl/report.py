@@ -8,14 +8,37 @@ Tables and JSON go to stdout; progress and warnings go to stderr so that
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from meshctl.tables import WholeWordTable, fold  # noqa: F401  (report.fold for callers)
+
+# Width of stdout when it is not a terminal (a pipe, a file, a CI log) and COLUMNS is unset.
+PIPE_WIDTH = 80
+
+
+def pinned_width(console: Console, environ: Mapping[str, str] = os.environ) -> int | None:
+    """The width to pin ``console`` to, or None to let rich ask the terminal.
+
+    rich takes ``COLUMNS`` first; without it, it asks the size of stdin, stdout and stderr
+    in that order, so ``meshctl ... | cat`` typed in a wide terminal drew tables at that
+    terminal's width while the same command in CI drew them at 80. Output that does not go
+    to a terminal is now PIPE_WIDTH columns wide unless ``COLUMNS`` says otherwise.
+    """
+    if environ.get("COLUMNS", "").isdigit() or console.is_terminal:
+        return None
+    return PIPE_WIDTH
+
+
 out = Console(soft_wrap=False)
+if (_width := pinned_width(out)) is not None:
+    out.width = _width
 err = Console(stderr=True)
 
 
@@ -26,7 +49,7 @@ def print_json(document: Any) -> None:
 def plan_table(document: dict[str, Any]) -> Table:
     """The bootstrap plan as a table: one row per step."""
     mesh = document["mesh"]
-    table = Table(title=f"bootstrap plan: mesh {mesh['meshID']}, {mesh['model']}"
+    table = WholeWordTable(title=f"bootstrap plan: mesh {mesh['meshID']}, {mesh['model']}"
                         f"{', multi-network' if mesh['multiNetwork'] else ', one network'}")
     for col in ("#", "cluster", "action", "objects", "live"):
         table.add_column(col, overflow="fold")
@@ -46,7 +69,7 @@ def progress(cluster: str, message: str) -> None:
 
 def status_table(rows: list[Any]) -> Table:
     """``status`` and the end of ``bootstrap``: one row per cluster."""
-    table = Table(title="mesh status")
+    table = WholeWordTable(title="mesh status")
     for col in ("cluster", "role", "network", "istio", "links", "east-west", "cert days"):
         table.add_column(col)
     for r in rows:
@@ -79,7 +102,7 @@ def certs_status_table(status: Any) -> Table:
     title = f"cacerts per cluster ({status.level})"
     if status.rotation is not None and not status.rotation.finished:
         title += f", root rotation: step {status.rotation.done} of 3 done"
-    table = Table(title=title)
+    table = WholeWordTable(title=title)
     for col in ("cluster", "level", "intermediate", "serial", "not after", "days left",
                 "roots (root-cert.pem)", "chain→local root", "= local", "checks"):
         table.add_column(col, overflow="fold")
@@ -114,7 +137,7 @@ def preflight_table(cluster: dict[str, Any]) -> Table:
     """One cluster of the preflight document: a row per check, hint under the message."""
     title = (f"preflight {cluster['cluster']}: {cluster['status']}"
              + ("" if cluster["reachable"] else " (unreachable)"))
-    table = Table(title=title, title_justify="left")
+    table = WholeWordTable(title=title, title_justify="left")
     for col in ("check", "status", "message"):
         table.add_column(col, overflow="fold")
     for res in cluster["results"]:
@@ -168,7 +191,7 @@ def print_canary(result: Any) -> None:
 def verify_table(result: Any) -> Table:
     """``verify``: one row per check (a ``verify.Result``), hint under the message."""
     verdict = "PASSED" if result.passed else "FAILED"
-    table = Table(title=f"verify {result.main} + {', '.join(result.remotes)}: {verdict}",
+    table = WholeWordTable(title=f"verify {result.main} + {', '.join(result.remotes)}: {verdict}",
                   title_justify="left")
     for col in ("half", "check", "status", "message"):
         table.add_column(col, overflow="fold")

@@ -27,6 +27,7 @@ import yaml
 
 from meshctl.ca import pki
 from meshctl.errors import MeshctlError
+from meshctl.kube import remote_kubeconfig
 from meshctl.mesh import remote_secret
 from tests import tls_servers
 from tests.factories import assert_one_line_error, cluster_doc, mesh_doc, meshctl, write_folder
@@ -510,7 +511,8 @@ def test_remote_secret_as_istioctl_writes_it_is_accepted() -> None:
     """The positive control: the allow-list takes exactly what istioctl prints."""
     secret = remote_secret.parse(_secret_text(yaml.safe_dump(_kc_doc())), source="cluster2",
                                  server=remote_secret.Server(SERVER, True), mesh_id="mesh1")
-    parsed = secret.kubeconfig()
+    # read back the way status and verify read a remote secret from a cluster
+    parsed = remote_kubeconfig.from_secret(secret.body, "cluster2", "cluster2: remote secret")
     assert (parsed.server, parsed.token, parsed.ca_pem) == (SERVER, TOKEN, _CA)
     assert secret.body["metadata"]["labels"] == {
         "istio/multiCluster": "true", "app.kubernetes.io/managed-by": "meshctl",

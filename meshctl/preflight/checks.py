@@ -280,21 +280,20 @@ def inject_namespaces(facts: Facts, values: Mapping[str, Any]) -> Result | None:
 
 
 def api_server_address(facts: Facts) -> Result | None:
-    c = facts.cluster
-    if not facts.footprint.link_source:
+    """The address other clusters' remote secrets will name for this API server."""
+    c, server = facts.cluster, facts.server
+    if not facts.footprint.link_source or not (c.api_server or server):
         return None
+    status, hint = PASS, ""
     if c.api_server:
-        return result(facts, "api-server-address", PASS,
-                      f"other clusters use apiServer {c.api_server} (set in {c.source.name})")
-    if not facts.server:
-        return None
-    if connection.is_loopback(facts.server):
-        return result(facts, "api-server-address", FAIL,
-                      f"the kubeconfig's API server {facts.server} is a loopback address "
-                      "other clusters cannot reach",
-                      hint=f"set apiServer in {c.source} to an address they can reach")
-    return result(facts, "api-server-address", PASS,
-                  f"other clusters use the kubeconfig's server {facts.server}")
+        text = f"other clusters use apiServer {c.api_server} (set in {c.source.name})"
+    elif connection.is_loopback(server):
+        status, hint = FAIL, f"set apiServer in {c.source} to an address they can reach"
+        text = (f"the kubeconfig's API server {server} is a loopback address other "
+                "clusters cannot reach")
+    else:
+        text = f"other clusters use the kubeconfig's server {server}"
+    return result(facts, "api-server-address", status, text, hint=hint)
 
 
 def east_west_address(facts: Facts) -> Result | None:

@@ -75,15 +75,25 @@ def _no_record_note(facts: Facts, objs: Sequence[Found]) -> str:
             if named and not facts.istio_found.record else "")
 
 
-def istiod(facts: Facts) -> Result:
-    """``istio``: every istiod Deployment must be meshctl's."""
-    failed = _unread(facts, "istio", "istiod", "configmaps")
+def _not_all_mine(facts: Facts, check: str, what: str, objs: Sequence[Found],
+                  *reads: str) -> Result | None:
+    """FAIL when a read failed or any of ``objs`` is not meshctl's; else None."""
+    failed = _unread(facts, check, *reads)
     if failed:
         return failed
-    theirs = [d for d in facts.istio_found.istiods if not mine(facts, d)]
+    theirs = [o for o in objs if not mine(facts, o)]
     if theirs:
-        return _foreign(facts, "istio", "istiod", [d.describe() for d in theirs],
+        return _foreign(facts, check, what, [o.describe() for o in theirs],
                         _no_record_note(facts, theirs))
+    return None
+
+
+def istiod(facts: Facts) -> Result:
+    """``istio``: every istiod Deployment must be meshctl's."""
+    refused = _not_all_mine(facts, "istio", "istiod", facts.istio_found.istiods,
+                            "istiod", "configmaps")
+    if refused:
+        return refused
     ours = facts.istio_found.istiods
     text = (f"istiod installed by meshctl: {_listed([d.describe() for d in ours])}" if ours
             else "no istiod installed")
@@ -142,13 +152,10 @@ def ca_secret(facts: Facts) -> Result:
 
 def webhooks(facts: Facts) -> Result:
     """``injector-webhook``: sidecar-injector webhooks must be meshctl's."""
-    failed = _unread(facts, "injector-webhook", "webhooks", "configmaps")
-    if failed:
-        return failed
-    theirs = [w for w in facts.istio_found.webhooks if not mine(facts, w)]
-    if theirs:
-        return _foreign(facts, "injector-webhook", "sidecar-injector webhook(s)",
-                        [w.describe() for w in theirs], _no_record_note(facts, theirs))
+    refused = _not_all_mine(facts, "injector-webhook", "sidecar-injector webhook(s)",
+                            facts.istio_found.webhooks, "webhooks", "configmaps")
+    if refused:
+        return refused
     return result(facts, "injector-webhook", PASS, "no sidecar-injector webhook of anyone "
                   "else")
 

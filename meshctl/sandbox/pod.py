@@ -126,10 +126,8 @@ def _projected(pod: dict[str, Any], vol: dict[str, Any], src: Source,
                                                                           3600))))
         for kind, key in (("configmaps", "configMap"), ("secrets", "secret")):
             if key in s:
-                obj = src.object(kind, ns, s[key]["name"])
+                obj = _referenced(src, kind, ns, s[key])
                 if obj is None:
-                    if not s[key].get("optional"):
-                        raise NotReady(f"{kind[:-1]} {ns}/{s[key]['name']} not found")
                     continue
                 out.update(_select(_decode(obj, kind), s[key].get("items")))
         if "downwardAPI" in s:
@@ -265,6 +263,15 @@ def expand(text: str, env: dict[str, str]) -> str:
                   lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
 
 
+def _referenced(src: Source, kind: str, ns: str, ref: dict[str, Any]) -> dict[str, Any] | None:
+    """The ConfigMap or Secret a volume or envFrom names; a missing one is "not ready"
+    (kubelet waits for it) unless the reference is optional."""
+    obj = src.object(kind, ns, ref["name"])
+    if obj is None and not ref.get("optional"):
+        raise NotReady(f"{kind[:-1]} {ns}/{ref['name']} not found")
+    return obj
+
+
 def container_env(pod: dict[str, Any], container: dict[str, Any], node: dict[str, Any],
                   src: Source) -> dict[str, str]:
     """The container's environment: envFrom first, then env, in order (later wins)."""
@@ -273,10 +280,8 @@ def container_env(pod: dict[str, Any], container: dict[str, Any], node: dict[str
     for ef in container.get("envFrom") or []:
         for kind, key in (("configmaps", "configMapRef"), ("secrets", "secretRef")):
             if key in ef:
-                obj = src.object(kind, ns, ef[key]["name"])
+                obj = _referenced(src, kind, ns, ef[key])
                 if obj is None:
-                    if not ef[key].get("optional"):
-                        raise NotReady(f"{kind[:-1]} {ns}/{ef[key]['name']} not found")
                     continue
                 for k, v in _decode(obj, kind).items():
                     env[ef.get("prefix", "") + k] = v.decode()

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from invoke import task
 from invoke.exceptions import Exit
 
-from meshctl import files
+from meshctl import config, files
 from meshctl.errors import MeshctlError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +51,28 @@ def guard(fn: F) -> F:
 def clusters_dir(flag: str | None) -> Path:
     """``--clusters-dir``, else ``$MESHCTL_CLUSTERS_DIR``, else ``./clusters``."""
     return Path(flag or os.environ.get("MESHCTL_CLUSTERS_DIR") or DEFAULT_CLUSTERS_DIR)
+
+
+def mesh_task(*, help: dict[str, str], iterable: tuple[str, ...] = ()) -> Callable[[F], Any]:
+    """invoke's ``@task`` for a task that reads cluster files: ``--clusters-dir`` in its
+    help, and its body run inside :func:`guard`."""
+    def wrap(fn: F) -> Any:
+        return task(iterable=list(iterable),
+                    help={**help, "clusters-dir": CLUSTERS_DIR_HELP})(guard(fn))
+    return wrap
+
+
+def load(flag: str | None) -> config.Config:
+    """The cluster files of ``--clusters-dir`` (see :func:`clusters_dir`), validated."""
+    return config.load(clusters_dir(flag))
+
+
+def selected(cfg: config.Config, names: list[str] | None) -> list[str]:
+    """``--cluster`` values (each must have a cluster file), else every cluster."""
+    chosen = names or sorted(cfg.clusters)
+    for name in chosen:
+        cfg.cluster(name)
+    return chosen
 
 
 def number(flag: str, value: object, *, default: float, minimum: float = 0,

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from invoke import task
 from invoke.exceptions import Exit
 
-from meshctl import config, kube, report
+from meshctl import kube, report
 from meshctl.ca import cacerts, certs, pki, rotation
 from meshctl.ca import status as cert_status
 from meshctl.errors import UsageError
 from meshctl.tasks import _common
-from meshctl.tasks._common import guard
-
-CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
 
-@task(help={"force": "replace an existing root (its key and certificate are copied to "
-                     "ca.dir/backups/root.backup-<time>/ first)",
-            "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(help={
+    "force": "replace an existing root (its key and certificate are copied to "
+        "ca.dir/backups/root.backup-<time>/ first)"})
 def init(c, force=False, clusters_dir=None):
     """Create the mesh's root CA on this machine (ca.dir of mesh.yaml)."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.init")
     root, backup = certs.init_root(cfg.mesh.ca, force=force)
     if backup:
@@ -30,18 +25,14 @@ def init(c, force=False, clusters_dir=None):
                      f"{cfg.mesh.ca.root_days} days), SHA-256 {pki.fingerprint(root.cert)}")
 
 
-@task(iterable=["cluster"], help={
+@_common.mesh_task(iterable=("cluster",), help={
     "cluster": "cluster to issue for (repeatable; default: every cluster file)",
     "no-apply": "only write the files under ca.dir/<cluster>/, do not push cacerts",
-    "force": "replace a cacerts Secret holding another CA (saved to ca.dir/backups/ first)",
-    "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+    "force": "replace a cacerts Secret holding another CA (saved to ca.dir/backups/ first)"})
 def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
     """Issue a cluster's intermediate CA and push it as istio-system/cacerts."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
-    names = cluster or sorted(cfg.clusters)
-    for name in names:
-        cfg.cluster(name)
+    cfg = _common.load(clusters_dir)
+    names = _common.selected(cfg, cluster)
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.issue")
     root = certs.load_root(cfg.mesh.ca)
     certs.refuse_to_sign(root, cfg.mesh.ca)
@@ -62,14 +53,13 @@ def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
         report.out.print(f"{name}: {cacerts.WHAT} {outcome}")
 
 
-@task(iterable=["cluster"], help={"cluster": "cluster to show (repeatable; default: all)",
-                                  "json": "print one JSON document (schema in "
-                                          "meshctl/cert_status.py)",
-                                  "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(iterable=("cluster",), help={
+    "cluster": "cluster to show (repeatable; default: all)",
+    "json": "print one JSON document (schema in "
+        "meshctl/cert_status.py)"})
 def status(c, cluster=None, json=False, clusters_dir=None):
     """Chain, expiry and local-vs-cluster match of every cluster's cacerts; exit 1 on FAIL."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     result = cert_status.collect(cfg, cluster or None)
     if json:
         report.print_json(result.to_json())
@@ -79,16 +69,15 @@ def status(c, cluster=None, json=False, clusters_dir=None):
         raise Exit(code=1)
 
 
-@task(help={"cluster": "cluster whose intermediate to replace (same root)",
-            "root": "staged root rotation over all clusters (with --step)",
-            "step": "root rotation step: 1 trust old+new, 2 re-issue intermediates, "
-                    "3 drop the old root",
-            "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(help={
+    "cluster": "cluster whose intermediate to replace (same root)",
+    "root": "staged root rotation over all clusters (with --step)",
+    "step": "root rotation step: 1 trust old+new, 2 re-issue intermediates, "
+        "3 drop the old root"})
 def rotate(c, cluster=None, root=False, step=None, clusters_dir=None):
     """New intermediate under the same root, or one step of a staged root rotation."""
     step = int(_common.number("--step", step, default=0))
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     if root:
         if cluster:
             raise UsageError("--root rotates every cluster of the mesh; drop --cluster")

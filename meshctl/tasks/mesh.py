@@ -4,30 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
-
 from meshctl import config, files, report, topology
 from meshctl import verify as verifier
 from meshctl.errors import CheckFailed, ClusterError, UsageError
 from meshctl.mesh import bootstrap as flow
 from meshctl.mesh import status as status_mod
 from meshctl.tasks import _common
-from meshctl.tasks._common import guard
-
-CLUSTERS_DIR_HELP = _common.CLUSTERS_DIR_HELP
 
 
-@task(iterable=["cluster"], help={"cluster": "cluster to check (repeatable)",
-                                  "json": "print one JSON document",
-                                  "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(iterable=("cluster",), help={
+    "cluster": "cluster to check (repeatable)",
+    "json": "print one JSON document"})
 def preflight(c, cluster=None, json=False, clusters_dir=None):
     """Check that each cluster can take the mesh (resources, permissions, versions)."""
     from invoke.exceptions import Exit
 
     from meshctl.preflight import runner  # imported here: only this task needs it
 
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     reports = runner.run(cfg, cluster or [])
     document = runner.document(reports)
     if json:
@@ -41,14 +35,13 @@ def preflight(c, cluster=None, json=False, clusters_dir=None):
         raise Exit(code=document["exitCode"])
 
 
-@task(help={"cluster": "cluster to install",
-            "main": "the main cluster (needed for a role: remote cluster)",
-            "dry-run": "print the IstioOperator files, contact no cluster",
-            "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(help={
+    "cluster": "cluster to install",
+    "main": "the main cluster (needed for a role: remote cluster)",
+    "dry-run": "print the IstioOperator files, contact no cluster"})
 def install(c, cluster=None, main=None, dry_run=False, clusters_dir=None):
     """Install Istio (and the east-west gateway) on one cluster with istioctl."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     plan = topology.plan_for(cfg, cluster or "", main=main)
     if dry_run:
         for name, text in flow.install_manifests(cfg, plan, cluster).items():
@@ -59,46 +52,42 @@ def install(c, cluster=None, main=None, dry_run=False, clusters_dir=None):
                      + (f"; east-west gateway at {address}" if address else ""))
 
 
-@task(help={"main": "cluster that receives the secret", "remote": "cluster it reads",
-            "server": "API server URL written into the secret (default: the remote's "
-                      "apiServer, else its kubeconfig's server unless loopback)",
-            "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(help={
+    "main": "cluster that receives the secret", "remote": "cluster it reads",
+    "server": "API server URL written into the secret (default: the remote's "
+        "apiServer, else its kubeconfig's server unless loopback)"})
 def link(c, main=None, remote=None, server=None, clusters_dir=None):
     """Create the remote secret of REMOTE and apply it to MAIN."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     topology.select(cfg, main or "", [remote] if remote else [])
     result = flow.link(cfg, target=main, source=remote, server=server)
     report.out.print(f"{main}: remote secret for {remote} {result}")
 
 
-@task(help={"main": "cluster holding the secret", "remote": "cluster whose secret goes",
-            "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(help={
+    "main": "cluster holding the secret", "remote": "cluster whose secret goes"})
 def unlink(c, main=None, remote=None, clusters_dir=None):
     """Remove REMOTE's remote secret from MAIN."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     topology.select(cfg, main or "", [remote] if remote else [])
     removed = flow.unlink(cfg, target=main, source=remote)
     report.out.print(f"{main}: remote secret for {remote} "
                      + ("removed" if removed else "was not there"))
 
 
-@task(iterable=["remote"], help={
+@_common.mesh_task(iterable=("remote",), help={
     "main": "the main (primary) cluster",
     "remote": "a cluster to join to it (repeatable)",
     "dry-run": "contact no cluster: write every certificate and manifest under --out",
     "out": "where --dry-run writes (default: out/)",
     "skip-preflight": "do not run preflight first (says so when used; the ownership "
-                      "checks still run)",
+        "checks still run)",
     "force": "take over fields another tool manages (named in the output); never adopts "
-             "an Istio meshctl did not install",
-    "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+        "an Istio meshctl did not install"})
 def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_preflight=False,
               force=False, clusters_dir=None):
     """Join clusters into one mesh: preflight, certs, install, gateways, links (idempotent)."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     plan = topology.plan(cfg, main or "", remote or [])
     if dry_run:
         _dry_run(cfg, plan, Path(out))
@@ -130,16 +119,13 @@ def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
                      "no cluster was contacted")
 
 
-@task(iterable=["cluster"], help={"cluster": "cluster to show (repeatable; default: all)",
-                                  "json": "print one JSON document",
-                                  "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(iterable=("cluster",), help={
+    "cluster": "cluster to show (repeatable; default: all)",
+    "json": "print one JSON document"})
 def status(c, cluster=None, json=False, clusters_dir=None):
     """One table from the live clusters: roles, networks, Istio version, links, cert days."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
-    names = cluster or sorted(cfg.clusters)
-    for name in names:
-        cfg.cluster(name)
+    cfg = _common.load(clusters_dir)
+    names = _common.selected(cfg, cluster)
     rows = status_mod.collect(cfg, names)
     if json:
         report.print_json({"schema": "meshctl.status/v1",
@@ -153,25 +139,23 @@ def status(c, cluster=None, json=False, clusters_dir=None):
         raise ClusterError("; ".join(r.error or f"{r.name}: unreachable" for r in unreadable))
 
 
-@task(iterable=["remote"], help={
+@_common.mesh_task(iterable=("remote",), help={
     "main": "the main cluster", "remote": "a remote cluster (repeatable)",
     "json": "print one JSON document (schema meshctl.verify/v1)",
     "junit": "also write a JUnit XML report to this file (one testcase per check)",
     "keep": "leave the sample apps in their namespace (default: remove them)",
     "namespace": f"namespace for the sample apps, one meshctl owns or creates (default "
-                 f"{verifier.DEFAULT_NAMESPACE}); an existing one meshctl did not make is "
-                 "refused",
+        f"{verifier.DEFAULT_NAMESPACE}); an existing one meshctl did not make is "
+        "refused",
     "requests": "how many requests the curl client sends (default 10)",
-    "timeout": "seconds to wait for the sample apps to become ready (default 180)",
-    "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+    "timeout": "seconds to wait for the sample apps to become ready (default 180)"})
 def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namespace=None,
            requests=None, timeout=None, clusters_dir=None):
     """Check the mesh spans the clusters: static checks, then sample traffic."""
     count = int(_common.number("--requests", requests, default=10, minimum=1))
     wait = _common.number("--timeout", timeout, default=180, minimum=1, whole=False)
     ns = _common.dns_label("--namespace", namespace, default=verifier.DEFAULT_NAMESPACE)
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     plan = topology.plan(cfg, main or "", remote or [])
     if junit:
         files.check_writable(Path(junit))  # before any cluster is touched
@@ -190,17 +174,16 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
         raise CheckFailed(f"verify: {failed} check(s) failed")
 
 
-@task(help={"cluster": "a cluster of the mesh: the objects go to every primary cluster of "
-                       "its clusters folder (each istiod configures its own proxies)",
-            "namespace": "namespace of the service",
-            "service": "service to split", "weights": "e.g. v1=80,v2=20 (must add up to 100)",
-            "promote": "route 100% to this version (instead of --weights)",
-            "force": "take over a VirtualService/DestinationRule meshctl does not manage "
-                     "(their extra spec fields are removed)",
-            "dry-run": "print the YAML, contact no cluster",
-            "json": "print one JSON document (schema meshctl.canary/v1)",
-            "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(help={
+    "cluster": "a cluster of the mesh: the objects go to every primary cluster of "
+        "its clusters folder (each istiod configures its own proxies)",
+    "namespace": "namespace of the service",
+    "service": "service to split", "weights": "e.g. v1=80,v2=20 (must add up to 100)",
+    "promote": "route 100% to this version (instead of --weights)",
+    "force": "take over a VirtualService/DestinationRule meshctl does not manage "
+        "(their extra spec fields are removed)",
+    "dry-run": "print the YAML, contact no cluster",
+    "json": "print one JSON document (schema meshctl.canary/v1)"})
 def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=None,
            force=False, dry_run=False, json=False, clusters_dir=None):
     """Weighted routing between versions: DestinationRule subsets + VirtualService.
@@ -211,7 +194,7 @@ def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=
     """
     from meshctl import traffic  # imported here: only this task needs it
 
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     opts = traffic.options(cfg, cluster=cluster, namespace=namespace, service=service,
                            weights=weights, promote=promote, force=force)
     if dry_run:
@@ -225,14 +208,13 @@ def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=
         report.print_canary(result)
 
 
-@task(iterable=["remote"], help={"main": "the main cluster",
-                                 "remote": "a remote cluster (repeatable)",
-                                 "yes": "really remove everything bootstrap made",
-                                 "clusters-dir": CLUSTERS_DIR_HELP})
-@guard
+@_common.mesh_task(iterable=("remote",), help={
+    "main": "the main cluster",
+    "remote": "a remote cluster (repeatable)",
+    "yes": "really remove everything bootstrap made"})
 def teardown(c, main=None, remote=None, yes=False, clusters_dir=None):
     """Undo bootstrap in reverse (secrets, gateways, Istio, cacerts); keeps the local CA."""
-    cfg = config.load(_common.clusters_dir(clusters_dir))
+    cfg = _common.load(clusters_dir)
     plan = topology.plan(cfg, main or "", remote or [])
     if not yes:
         raise UsageError(f"teardown removes Istio, gateways, remote secrets and cacerts from "
