@@ -36,10 +36,10 @@ def pinned_width(console: Console, environ: Mapping[str, str] = os.environ) -> i
     return PIPE_WIDTH
 
 
-out = Console(soft_wrap=False)
+out = Console(soft_wrap=False, emoji=False)  # a fingerprint "AB:CD:EF" is not ":cd:"
 if (_width := pinned_width(out)) is not None:
     out.width = _width
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)
 
 
 def print_json(document: Any) -> None:

@@ -322,3 +322,12 @@ def test_fold_keeps_styles() -> None:
     assert folded.plain == "Secret\nistio-system/\ncacerts ok"
     red = [folded.plain[s.start:s.end] for s in folded.spans if str(s.style) == "red"]
     assert red == ["Secret", "istio-system/", "cacerts"]
+
+
+def test_fingerprints_are_not_turned_into_emoji() -> None:
+    """rich reads ``:cd:`` as an emoji code; a SHA-256 fingerprint is full of such pairs."""
+    fingerprint = "AB:CD:EF:01"
+    for console in (report.out, report.err):
+        with console.capture() as captured:
+            console.print(f"root {fingerprint}")
+        assert fingerprint in captured.get()
