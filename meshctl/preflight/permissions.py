@@ -36,32 +36,29 @@ class Permission:
 # What `istioctl install` (default profile, plus the east-west gateway), cacerts push,
 # namespace labels and `istioctl create-remote-secret` + link need; "create" stands
 # for the write verbs of each kind, "patch" where meshctl updates in place.
-_CLUSTER_WIDE = (  # verb, resource, API group
-    ("create", "namespaces", ""),
-    ("patch", "namespaces", ""),
-    ("create", "customresourcedefinitions", "apiextensions.k8s.io"),
-    ("create", "clusterroles", "rbac.authorization.k8s.io"),
-    ("create", "clusterrolebindings", "rbac.authorization.k8s.io"),
-    ("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io"),
-    ("create", "validatingwebhookconfigurations", "admissionregistration.k8s.io"),
-)
-_IN_ISTIO_SYSTEM = (
-    ("create", "deployments", "apps"),
-    ("create", "services", ""),
-    ("create", "serviceaccounts", ""),
-    ("create", "configmaps", ""),
-    ("create", "secrets", ""),
-    ("patch", "secrets", ""),
-    ("get", "secrets", ""),
-    ("create", "roles", "rbac.authorization.k8s.io"),
-    ("create", "rolebindings", "rbac.authorization.k8s.io"),
-    ("create", "poddisruptionbudgets", "policy"),
-    ("create", "horizontalpodautoscalers", "autoscaling"),
-)
-PERMISSIONS: tuple[Permission, ...] = (
-    *(Permission(verb, res, group) for verb, res, group in _CLUSTER_WIDE),
-    *(Permission(verb, res, group, ISTIO_NS) for verb, res, group in _IN_ISTIO_SYSTEM),
-)
+PERMISSIONS: tuple[Permission, ...] = tuple(
+    Permission(verb, resource, group, None if scope == "cluster" else ISTIO_NS)
+    for verb, resource, group, scope in (
+        # verb, resource, API group, where (the whole cluster, or istio-system)
+        ("create", "namespaces", "", "cluster"),
+        ("patch", "namespaces", "", "cluster"),
+        ("create", "customresourcedefinitions", "apiextensions.k8s.io", "cluster"),
+        ("create", "clusterroles", "rbac.authorization.k8s.io", "cluster"),
+        ("create", "clusterrolebindings", "rbac.authorization.k8s.io", "cluster"),
+        ("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", "cluster"),
+        ("create", "validatingwebhookconfigurations", "admissionregistration.k8s.io", "cluster"),
+        ("create", "deployments", "apps", ISTIO_NS),
+        ("create", "services", "", ISTIO_NS),
+        ("create", "serviceaccounts", "", ISTIO_NS),
+        ("create", "configmaps", "", ISTIO_NS),
+        ("create", "secrets", "", ISTIO_NS),
+        ("patch", "secrets", "", ISTIO_NS),
+        ("get", "secrets", "", ISTIO_NS),
+        ("create", "roles", "rbac.authorization.k8s.io", ISTIO_NS),
+        ("create", "rolebindings", "rbac.authorization.k8s.io", ISTIO_NS),
+        ("create", "poddisruptionbudgets", "policy", ISTIO_NS),
+        ("create", "horizontalpodautoscalers", "autoscaling", ISTIO_NS),
+    ))
 GATEWAY_PERMISSION = Permission("create", "gateways", "networking.istio.io", ISTIO_NS)
 EVERYTHING = Permission("*", "*", "*")
 
