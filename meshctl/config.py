@@ -3,7 +3,7 @@
 Validation happens here, before any cluster is touched, so that a typo costs a
 one-line :class:`~meshctl.errors.ConfigError` naming the file and the key (exit 2),
 never a half-done bootstrap.  The module reads files and nothing else: no network,
-no kubeconfig parsing (that is ``kube.py``'s job, and only for live commands).
+no kubeconfig parsing (that is :mod:`meshctl.kube`'s job, and only for live commands).
 """
 
 from __future__ import annotations

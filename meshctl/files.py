@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,33 +128,63 @@ def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def backup_dir(directory: Path, *, into: Path, name: str | None = None,
-               only: tuple[str, ...] | None = None) -> Path:
-    """Copy ``directory`` (or just the files named in ``only``) to
-    ``into/<name>.backup-<timestamp>/``, keeping modes; all or nothing.
-
-    The copy is made in a hidden temporary folder beside the target and renamed into
-    place when complete, so a full disk never leaves a backup that looks whole.
-    """
-    target = into / f"{name or directory.name}.backup-{timestamp()}"
+def read_folder(directory: Path, *, only: Sequence[str] | None = None
+                ) -> dict[str, tuple[bytes, int]]:
+    """The files under ``directory`` (just those named in ``only``), as
+    ``{relative path: (bytes, mode)}`` for :func:`new_folder`; sub-folders included."""
+    directory = Path(directory)
+    current = directory
+    content: dict[str, tuple[bytes, int]] = {}
     try:
-        _mkdirs(into, 0o700)
-        staging = Path(tempfile.mkdtemp(dir=into, prefix=f".{target.name}."))
+        items = (sorted(directory.rglob("*")) if only is None
+                 else [directory / rel for rel in only])
+        for item in items:
+            current = item
+            if item.is_file():
+                content[item.relative_to(directory).as_posix()] = (
+                    item.read_bytes(), stat.S_IMODE(item.stat().st_mode))
+    except OSError as e:
+        raise _failed(current, e, "cannot read it to back it up") from None
+    return content
+
+
+def new_folder(path: Path, content: Mapping[str, tuple[bytes, int]], *,
+               what: str = "cannot write") -> Path:
+    """Create the 0700 folder ``path`` holding ``content`` (relative path to bytes and
+    mode), all or nothing; returns it.
+
+    Each file is created with its mode before any byte lands and fsynced, in a hidden
+    folder beside ``path`` that is renamed into place when complete: a full disk never
+    leaves a folder that looks whole.  An existing folder is never replaced: if
+    ``path`` exists, the new one is ``<path>-1`` (``-2``, ...).  Failures are one
+    :class:`WriteFailed` line, ``what`` naming the action.
+    """
+    path = Path(path)
+    target = path
+    try:
+        _mkdirs(path.parent, 0o700)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         try:
-            for item in sorted(directory.iterdir()):
-                if only is not None and item.name not in only:
-                    continue
-                if item.is_dir():
-                    shutil.copytree(item, staging / item.name, copy_function=shutil.copy2)
-                elif item.is_file():
-                    shutil.copy2(item, staging / item.name)
+            for rel, (data, mode) in content.items():
+                file = staging / rel
+                _mkdirs(file.parent, 0o700)
+                with os.fdopen(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                               "wb") as f:
+                    os.fchmod(f.fileno(), mode)
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
             os.chmod(staging, 0o700)
-            os.replace(staging, target)
+            for n in itertools.count(1):
+                if not target.exists():
+                    break
+                target = path.with_name(f"{path.name}-{n}")
+            os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     except OSError as e:
-        raise _failed(target, e, "cannot back up to it") from None
+        raise _failed(target, e, what) from None
     return target
 
 

@@ -4,7 +4,7 @@ The sandbox half runs on the bootstrapped ``traffic`` sandbox (tests/traffic_san
 Istio's CRDs are installed by the real istioctl, so every DestinationRule and
 VirtualService meshctl writes is validated against Istio's CRD schemas by the API
 server, and by Istio's own validating webhook: the sandbox runs the real istiod
-(meshctl/sandbox_istiod.py), so every object here passed Istio's semantic validation.
+(meshctl/sandbox/istiod.py), so every object here passed Istio's semantic validation.
 
 That sandbox is multi-primary (cluster1 and cluster2 both run istiod), so every
 object is looked for on both clusters: each istiod configures only its own proxies.
@@ -181,6 +181,7 @@ def _route(vs: dict) -> list[tuple[str, int]]:
     return [(d["destination"]["subset"], d["weight"]) for d in vs["spec"]["http"][0]["route"]]
 
 
+@pytest.mark.sandbox
 def test_weights_create_then_update_in_place(mesh: SandboxHandle, shop: str) -> None:
     first = _canary(mesh, shop, "--weights", "v1=80,v2=20")
     assert first.returncode == 0, first.stderr
@@ -229,6 +230,7 @@ def test_weights_create_then_update_in_place(mesh: SandboxHandle, shop: str) -> 
         assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
 
 
+@pytest.mark.sandbox
 def test_api_server_enforces_istio_crd_schema(mesh: SandboxHandle, shop: str) -> None:
     """What makes the previous test's acceptance meaningful: a bad weight type is a 422."""
     api = k8s.CustomObjectsApi(mesh[0].kubernetes)
@@ -241,6 +243,7 @@ def test_api_server_enforces_istio_crd_schema(mesh: SandboxHandle, shop: str) ->
     assert info.value.status == 422
 
 
+@pytest.mark.sandbox
 def test_unmanaged_virtual_service_refused_unless_force(mesh: SandboxHandle, shop: str) -> None:
     api = k8s.CustomObjectsApi(mesh[0].kubernetes)
     theirs = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualService",
@@ -275,6 +278,7 @@ def test_unmanaged_virtual_service_refused_unless_force(mesh: SandboxHandle, sho
     assert _route(_get(mesh, shop, "virtualservices")) == [("v1", 60), ("v2", 40)]
 
 
+@pytest.mark.sandbox
 def test_foreign_object_on_the_second_primary_stops_every_write(mesh: SandboxHandle,
                                                                 shop: str) -> None:
     """Facts first across the mesh: their DestinationRule on cluster2 means nothing is
@@ -295,6 +299,7 @@ def test_foreign_object_on_the_second_primary_stops_every_write(mesh: SandboxHan
         created["metadata"]["resourceVersion"]
 
 
+@pytest.mark.sandbox
 def test_namespace_missing_on_a_primary_is_refused_before_any_write(
         mesh: SandboxHandle, shop: str) -> None:
     mesh[1].core().delete_namespace(shop)
@@ -308,6 +313,7 @@ def test_namespace_missing_on_a_primary_is_refused_before_any_write(
         _get(mesh, shop, "virtualservices", on=0)
 
 
+@pytest.mark.sandbox
 def test_missing_service_exit_1_naming_it(mesh: SandboxHandle, shop: str) -> None:
     result = meshctl("canary", "--cluster", "cluster1", "--namespace", shop, "--service",
                      "ratings", "--weights", "v1=80,v2=20",

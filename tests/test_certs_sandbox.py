@@ -30,6 +30,8 @@ from meshctl.ca import cacerts, certs, pki
 from tests.factories import meshctl
 from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
 
+pytestmark = pytest.mark.sandbox
+
 CLUSTERS = ("cluster1", "cluster2")
 
 
@@ -351,7 +353,7 @@ def test_root_rotation_no_downtime(mesh: Mesh) -> None:
         assert b.roots == (new_root.cert,) and b.ca_cert == gen1[n].ca_cert
     _check_trust(mesh, new_leaves, old_leaves, "step3")
     assert mesh.root().cert == new_root.cert and not (mesh.ca / "next-root").exists()
-    archived = [d for d in (mesh.ca / "archive").iterdir() if d.is_dir()]
+    archived = sorted((mesh.ca / "backups").glob("root.backup-*"))  # the one backup layout
     assert len(archived) == 1
     assert (archived[0] / "root-key.pem").read_bytes() == old_root_key
     assert stat.S_IMODE(os.stat(archived[0] / "root-key.pem").st_mode) == 0o600

@@ -1,6 +1,6 @@
 """The real istiod in the sandbox, after a real ``meshctl bootstrap`` of two primaries.
 
-The sandbox runs ``pilot-discovery`` for each istiod pod (``meshctl.sandbox_istiod``), so
+The sandbox runs ``pilot-discovery`` for each istiod pod (``meshctl.sandbox.istiod``), so
 these tests ask Istio itself whether meshctl's work took: istiod loaded the plug-in CA
 (the certificate it serves on 15012 chains to meshctl's root, and every namespace's
 ``istio-ca-root-cert`` holds that root), its injector adds the sidecar preflight

@@ -256,8 +256,11 @@ def test_kubernetes_below_1_28_fails_whatever_istioctl_says() -> None:
     assert checks_mod.kubernetes_version(f, None).status == "WARN"  # istioctl unknown
 
 
-def test_foreign_istio_reports_a_cluster_it_cannot_read_as_a_fail(tmp_path: Path) -> None:
+def test_foreign_istio_reports_a_cluster_it_cannot_read_as_a_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """bootstrap's pre-write check: not knowing is a FAIL for that cluster, not a pass."""
+    # A refused connection is retried until the reach deadline (10 s): 1 s says the same.
+    monkeypatch.setattr(facts, "REACH_DEADLINE", 1.0)
     kubeconfig = tmp_path / "dead.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "dead",
@@ -363,6 +366,7 @@ def add_node(c: Cluster, name: str, cpu: str, memory: str) -> None:
 # --- sandbox: resources -----------------------------------------------------------------
 
 
+@pytest.mark.sandbox
 def test_one_small_node_with_20_pods_fails_with_deficit(sandbox_factory: Any,
                                                         tmp_path: Path) -> None:
     sb = sandbox_factory(1, nodes=1, cpu="2", memory="2Gi", label="pf-small")
@@ -381,6 +385,7 @@ def test_one_small_node_with_20_pods_fails_with_deficit(sandbox_factory: Any,
         in res["hint"]
 
 
+@pytest.mark.sandbox
 def test_same_workload_on_three_big_nodes_passes(sandbox: SandboxHandle, namespace: str,
                                                  tmp_path: Path) -> None:
     fill(sandbox[0], namespace, 20)
@@ -393,6 +398,7 @@ def test_same_workload_on_three_big_nodes_passes(sandbox: SandboxHandle, namespa
     assert code == 0 and doc["status"] != "FAIL", doc
 
 
+@pytest.mark.sandbox
 def test_enough_in_total_but_no_node_holds_istiod_fails(sandbox_factory: Any,
                                                         tmp_path: Path) -> None:
     sb = sandbox_factory(1, nodes=3, cpu="1", memory="1536Mi", label="pf-fragmented")
@@ -406,6 +412,7 @@ def test_enough_in_total_but_no_node_holds_istiod_fails(sandbox_factory: Any,
     assert res["hint"].startswith("add a node with ≥ 2 CPU/4Gi")
 
 
+@pytest.mark.sandbox
 def test_cordoned_or_tainted_big_node_is_not_counted(sandbox_factory: Any,
                                                      tmp_path: Path) -> None:
     sb = sandbox_factory(1, nodes=1, cpu="1", memory="1Gi", label="pf-cordon")
@@ -451,6 +458,7 @@ def token_kubeconfig(tmp: Path, c: Cluster, namespace: str) -> Path:
     return path
 
 
+@pytest.mark.sandbox
 def test_service_account_without_permissions_gets_the_missing_list(
         sandbox: SandboxHandle, namespace: str, tmp_path: Path) -> None:
     c = sandbox[0]
@@ -472,6 +480,7 @@ def test_service_account_without_permissions_gets_the_missing_list(
     assert token not in output and base64.b64encode(token.encode()).decode() not in output
 
 
+@pytest.mark.sandbox
 def test_loopback_api_server_without_api_server_key_fails(sandbox: SandboxHandle,
                                                           tmp_path: Path) -> None:
     folder = write_clusters(tmp_path, [sandbox[0]], apiServer=None)
@@ -493,6 +502,7 @@ def dead_kubeconfig(tmp: Path, c: Cluster) -> Path:
     return path
 
 
+@pytest.mark.sandbox
 def test_unreachable_cluster_fails_alone_and_exit_3_only_when_all_are(
         sandbox: SandboxHandle, tmp_path: Path) -> None:
     live, dead = sandbox[0], sandbox[1]
@@ -513,6 +523,7 @@ def test_unreachable_cluster_fails_alone_and_exit_3_only_when_all_are(
     assert (code, doc["exitCode"]) == (3, 3)
 
 
+@pytest.mark.sandbox
 def test_table_output_and_json_schema(sandbox: SandboxHandle, tmp_path: Path) -> None:
     folder = write_clusters(tmp_path, list(sandbox.clusters))
     proc = factories.meshctl("preflight", "--clusters-dir", str(folder), env=sandbox.env())
@@ -531,6 +542,7 @@ def test_table_output_and_json_schema(sandbox: SandboxHandle, tmp_path: Path) ->
     assert result(doc, "cluster1", "east-west-address")["status"] in ("PASS", "WARN")
 
 
+@pytest.mark.sandbox
 def test_partial_grants_are_read_from_rbac_exactly(sandbox: SandboxHandle, namespace: str,
                                                    tmp_path: Path) -> None:
     """A Role in istio-system and a ClusterRole: what they grant is not reported missing,

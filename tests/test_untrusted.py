@@ -33,6 +33,8 @@ from tests.factories import meshctl
 from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
 from tests.traffic_sandbox import bootstrapped
 
+pytestmark = pytest.mark.sandbox
+
 NS = "istio-system"
 SECRET = "istio-remote-secret-cluster2"
 

@@ -3,7 +3,7 @@
 One two-cluster sandbox, one small node each, bootstrapped once by the real
 ``meshctl bootstrap`` (real istioctl: Istio's CRDs, so the API server validates every
 VirtualService and DestinationRule against Istio's schemas).  The sandbox runs the
-real istiod for each cluster (meshctl/sandbox_istiod.py): Istio's injector adds the
+real istiod for each cluster (meshctl/sandbox/istiod.py): Istio's injector adds the
 sidecar to the pod spec (no container runs) and Istio's validation webhook checks
 every Istio object.  A module that asks again gets the same sandbox and
 a bootstrap re-run that has nothing to do.

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from meshctl import files, kube, render
-from meshctl.ca import certs, pki
+from meshctl import kube, render
+from meshctl.ca import backups, certs, pki
 from meshctl.errors import CheckFailed, UsageError
 
 NAMESPACE = "istio-system"
@@ -69,16 +69,6 @@ def ensure_namespace(k: kube.Kube) -> None:
                         "metadata": {"name": NAMESPACE}})
 
 
-def backup(secret: dict, directory: Path, cluster: str) -> Path:
-    """Save a live Secret as YAML, 0600, under ``directory/<cluster>/``."""
-    keep = {"apiVersion": "v1", "kind": "Secret", "type": secret.get("type", "Opaque"),
-            "metadata": {k: v for k, v in secret["metadata"].items()
-                         if k in ("name", "namespace", "labels", "annotations")},
-            "data": secret.get("data") or {}}
-    path = directory / cluster / f"cacerts-{files.timestamp()}.yaml"
-    return files.write_atomic(path, yaml.safe_dump(keep), mode=files.PRIVATE)
-
-
 def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
           backup_dir: Path, live: Any = kube.UNREAD) -> str:
     """Push ``bundle`` as ``cacerts``: created, unchanged, or replaced (only with ``force``).
@@ -104,7 +94,7 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
     if not force:
         raise CheckFailed(f"{k.cluster}: {WHAT} holds another CA: {what_differs}",
                           hint="--force replaces it after saving the current one locally")
-    saved = backup(live, backup_dir, k.cluster)
+    saved = backups.backup_secret(backup_dir, k.cluster, live)
     body = {**wanted, "metadata": {**wanted["metadata"],
                                    "resourceVersion": live["metadata"]["resourceVersion"]}}
     k.request("PUT", PATH, body=body, what=f"replace {WHAT}")

@@ -6,9 +6,16 @@ per cluster the four files that become ``istio-system/cacerts``:
 ``ca-cert.pem``, ``ca-key.pem``, ``root-cert.pem``, ``cert-chain.pem`` (intermediate +
 root).  Following Istio's layout means Istio's own docs keep applying.
 
-Safety: the root key exists in memory and in ``<ca.dir>/root-key.pem`` (0600, atomic)
-and nowhere else; nothing here prints a key.  Builders are pure; the few functions
-that touch disk say so in their names (``write_*``, ``load_*``, ``init_root``).
+Safety: the root key exists in memory, in ``<ca.dir>/root-key.pem`` (0600, atomic)
+and, once replaced, in its backups under ``<ca.dir>/backups/`` (0700 folders), nowhere
+else; nothing here prints a key.  Builders are pure; the few functions that touch disk
+say so in their names (``write_*``, ``load_*``, ``backup_*``, ``init_root``,
+``ensure_*``).
+
+Speed: an RSA-4096 key takes 0.2-3 s of prime search, so issuing for many clusters
+(:func:`ensure_intermediates`, what ``certs.issue`` and bootstrap need) generates the
+new keys in parallel (:func:`pki.generate_keys`) and then signs and writes one cluster
+after another, in the order given.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from meshctl import files
-from meshctl.ca import pki
+from meshctl.ca import backups, pki
 from meshctl.config import CASettings
 from meshctl.errors import ConfigError, UsageError
 
@@ -34,11 +41,9 @@ CA_KEY = "ca-key.pem"
 CERT_CHAIN = "cert-chain.pem"
 CACERTS_FILES = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
 ISTIOD_SAN = "istiod.istio-system.svc"
-# <ca.dir>/backups/: every copy of CA material meshctl makes before replacing it, one layout:
-#   root.backup-<time>/        root-cert.pem + root-key.pem (certs.init --force)
-#   <cluster>.backup-<time>/   a cluster's four local files (re-issue, rotation)
-#   <cluster>/cacerts-<time>.yaml   a live cacerts Secret replaced with --force
-BACKUPS = "backups"
+# <ca.dir>/backups/: every copy of CA material meshctl replaces, one layout (ca.backups)
+BACKUPS = backups.BACKUPS
+backups_dir = backups.backups_dir
 NEXT_ROOT = "next-root"  # <ca.dir>/next-root/: the new root while a root rotation runs
 
 
@@ -99,14 +104,17 @@ def make_root(settings: CASettings, *, not_before: datetime | None = None) -> Ro
 def make_intermediate(root: RootCA, cluster: str, settings: CASettings, *,
                       roots: tuple[x509.Certificate, ...] | None = None,
                       days: float | None = None,
-                      not_before: datetime | None = None) -> Bundle:
+                      not_before: datetime | None = None,
+                      key: pki.PrivateKey | None = None) -> Bundle:
     """A cluster's intermediate CA signed by ``root``.
 
     ``roots`` is what goes into ``root-cert.pem`` (default: just ``root``); root
     rotation passes the old + new bundle.  ``days``/``not_before`` let tests make
-    expired intermediates without waiting.
+    expired intermediates without waiting.  ``key`` is a key of ``settings.key``
+    generated beforehand (:func:`make_intermediates` makes them in parallel); default:
+    a new one.
     """
-    key = pki.generate_key(settings.key)
+    key = key if key is not None else pki.generate_key(settings.key)
     subject = pki.name(organization=settings.organization, common_name="Intermediate CA",
                        locality=cluster)
     cert = pki.sign(subject=subject, public_key=key.public_key(), issuer_name=root.cert.subject,
@@ -115,6 +123,16 @@ def make_intermediate(root: RootCA, cluster: str, settings: CASettings, *,
                     days=days if days is not None else settings.intermediate_days,
                     dns=[ISTIOD_SAN], not_before=not_before)
     return Bundle(cluster=cluster, ca_cert=cert, ca_key=key, roots=roots or (root.cert,))
+
+
+def make_intermediates(root: RootCA, clusters: Sequence[str],
+                       settings: CASettings) -> dict[str, Bundle]:
+    """:func:`make_intermediate` for each of ``clusters`` (in their order), the keys
+    generated in parallel first (:func:`pki.generate_keys`).  Pure: writes nothing."""
+    names = list(dict.fromkeys(clusters))
+    keys = pki.generate_keys(settings.key, len(names))
+    return {name: make_intermediate(root, name, settings, key=key)
+            for name, key in zip(names, keys, strict=True)}
 
 
 def workload_cert(bundle: Bundle, *, namespace: str, service_account: str,
@@ -204,32 +222,43 @@ def root_exists(settings: CASettings) -> bool:
     return cert.exists() or key.exists()
 
 
+def root_files(root: RootCA) -> dict[str, tuple[bytes, int]]:
+    """``root-key.pem`` (0600, first) and ``root-cert.pem`` (0644), as written to disk."""
+    return {ROOT_KEY: (pki.key_pem(root.key), files.PRIVATE),
+            ROOT_CERT: (pki.cert_pem(root.cert), files.PUBLIC)}
+
+
 def write_root(settings: CASettings, root: RootCA) -> None:
     """Key (0600) and certificate together (:func:`files.write_all`): a full disk or a
     read-only ``ca.dir`` leaves neither, and a crash never a cert without its key (the
     key is renamed into place first)."""
-    cert_path, key_path = root_paths(settings)
-    files.write_all({key_path: (pki.key_pem(root.key), files.PRIVATE),
-                     cert_path: (pki.cert_pem(root.cert), files.PUBLIC)})
+    files.write_all({settings.dir / fname: content
+                     for fname, content in root_files(root).items()})
 
 
 def init_root(settings: CASettings, *, force: bool = False) -> tuple[RootCA, Path | None]:
     """Create the root CA in ``ca.dir``; never over an existing one unless ``force``.
 
-    With ``force`` the old root's key and certificate are first copied to
-    ``<ca.dir>/backups/root.backup-<time>/`` (0700 folder, the key stays 0600), which
-    is returned: the root key never leaves ``ca.dir``, not even as a backup.
+    With ``force`` the old root's key and certificate are first copied, as they are on
+    disk (readable or not), to ``<ca.dir>/backups/root.backup-<time>/`` (0700 folder,
+    the key stays 0600), which is returned: the root key never leaves ``ca.dir``, not
+    even as a backup.
     """
-    backup = None
+    saved = None
     if root_exists(settings):
         if not force:
             raise UsageError(f"a root CA already exists in {settings.dir}; refusing to "
                              "overwrite it (hint: --force backs it up first)")
-        backup = files.backup_dir(settings.dir, into=backups_dir(settings), name="root",
-                                  only=(ROOT_CERT, ROOT_KEY))
+        saved = backups.backup_files(settings, backups.ROOT, settings.dir,
+                                     only=(ROOT_CERT, ROOT_KEY))
     root = make_root(settings)
     write_root(settings, root)
-    return root, backup
+    return root, saved
+
+
+def backup_root(settings: CASettings, root: RootCA) -> Path:
+    """Keep ``root`` (from memory, key 0600) in ``backups/root.backup-<time>/``."""
+    return backups.backup(settings, backups.ROOT, root_files(root))
 
 
 def load_root(settings: CASettings) -> RootCA:
@@ -272,9 +301,9 @@ def cluster_dir(settings: CASettings, cluster: str) -> Path:
     return settings.dir / cluster
 
 
-def backups_dir(settings: CASettings) -> Path:
-    """Where copies of replaced CA material go: never deleted by meshctl."""
-    return settings.dir / BACKUPS
+def backup_cluster(settings: CASettings, cluster: str) -> Path:
+    """Copy the cluster's local files, as they are, to ``backups/<cluster>.backup-<time>/``."""
+    return backups.backup_files(settings, cluster, cluster_dir(settings, cluster))
 
 
 def replace_bundle(settings: CASettings, bundle: Bundle) -> dict[str, Path]:
@@ -282,7 +311,7 @@ def replace_bundle(settings: CASettings, bundle: Bundle) -> dict[str, Path]:
     to ``<ca.dir>/backups/<cluster>.backup-<time>/`` (CA material is never dropped)."""
     directory = cluster_dir(settings, bundle.cluster)
     if (directory / CA_CERT).exists():
-        files.backup_dir(directory, into=backups_dir(settings))
+        backup_cluster(settings, bundle.cluster)
     return write_bundle(directory, bundle)
 
 
@@ -323,27 +352,45 @@ def load_bundle(directory: Path, cluster: str) -> Bundle | None:
         raise ConfigError(f"{directory}: cannot read the intermediate CA files: {e}") from None
 
 
-def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tuple[Bundle, bool]:
-    """The cluster's intermediate from disk if it is sound, else a new one written to disk.
+def ensure_intermediates(root: RootCA, clusters: Sequence[str],
+                         settings: CASettings) -> dict[str, tuple[Bundle, bool]]:
+    """Each cluster's intermediate from disk if it is sound, else a new one written to
+    disk; ``{cluster: (bundle, created)}`` in the order of ``clusters``.
 
-    Refused while a root rotation is in progress.
-    Returns ``(bundle, created)``.  Re-running never re-issues a good intermediate,
-    so bootstrap stays idempotent and pushed ``cacerts`` stay stable; an unsound one
-    (expired, or under another root) is backed up beside it before it is replaced.
+    Refused while a root rotation is in progress.  Facts first: every cluster's local
+    files are read before anything is generated or written, so an unreadable one stops
+    the run with nothing changed.  Then the keys the new intermediates need are
+    generated in parallel (:func:`make_intermediates`), and one cluster after another
+    is backed up (when it had files) and written.  Re-running never re-issues a good
+    intermediate, so bootstrap stays idempotent and pushed ``cacerts`` stay stable; an
+    unsound one (expired, or under another root) is backed up before it is replaced.
     """
     if (settings.dir / NEXT_ROOT).is_dir():
         # mid root rotation the intermediates may be under the new root: "repairing"
-        # them under the old one would undo the rotation (meshctl.rotation owns them now)
+        # them under the old one would undo the rotation (meshctl.ca.rotation owns them now)
         raise UsageError(f"a root rotation is in progress in {settings.dir}; intermediates "
                          "are not (re)issued until it is finished",
                          hint="certs.status shows the next certs.rotate --root --step")
-    directory = cluster_dir(settings, cluster)
-    existing = load_bundle(directory, cluster)
-    if existing is not None:
-        if chain_problem(existing, root.cert) is None:
-            return existing, False
-        files.backup_dir(directory, into=backups_dir(settings))  # never without a copy
-    bundle = make_intermediate(root, cluster, settings)
-    write_bundle(directory, bundle)
-    return bundle, True
+    existing = {name: load_bundle(cluster_dir(settings, name), name)
+                for name in dict.fromkeys(clusters)}
+    fresh = make_intermediates(root, [name for name, bundle in existing.items()
+                                      if bundle is None
+                                      or chain_problem(bundle, root.cert) is not None],
+                               settings)
+    out: dict[str, tuple[Bundle, bool]] = {}
+    for name, bundle in existing.items():
+        if name not in fresh:
+            assert bundle is not None
+            out[name] = (bundle, False)
+            continue
+        if bundle is not None:
+            backup_cluster(settings, name)  # never without a copy
+        write_bundle(cluster_dir(settings, name), fresh[name])
+        out[name] = (fresh[name], True)
+    return out
+
+
+def ensure_intermediate(root: RootCA, cluster: str, settings: CASettings) -> tuple[Bundle, bool]:
+    """:func:`ensure_intermediates` for one cluster: ``(bundle, created)``."""
+    return ensure_intermediates(root, [cluster], settings)[cluster]
 

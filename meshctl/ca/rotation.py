@@ -8,7 +8,7 @@ So, over every cluster of the mesh, one ``--step`` at a time:
 
 1. make the new root; every ``root-cert.pem`` becomes old + new (intermediates kept),
 2. re-issue every intermediate under the new root (``root-cert.pem`` still old + new),
-3. drop the old root from every bundle; archive it under ``<ca.dir>/archive/``.
+3. drop the old root from every bundle; keep it in ``<ca.dir>/backups/root.backup-<time>/``.
 
 A leaf from the old or the new intermediate of any cluster verifies against every
 cluster's bundle through steps 1 and 2; only after step 3 do old-chain leaves stop
@@ -17,31 +17,45 @@ verifying, by which time istiod has re-issued them (their TTL is hours).
 Each step first reads every cluster's live ``cacerts`` and classifies it
 (:func:`stage_of`); it runs only when every cluster is at the previous stage or
 already at this one (a re-run after a crash finishes the rest), so the state file is
-never trusted alone.  The state file ``<ca.dir>/rotation.json`` (written atomically)
-records the two roots' fingerprints and the last step started/completed; the new root
-lives in ``<ca.dir>/next-root/`` until step 3 promotes it.  Nothing here deletes a
-root: the old one is copied to the archive before the new one takes its place.
+never trusted alone.  This module is the part that talks to clusters; what a rotation
+keeps on disk (``rotation.json``, the roots' whereabouts, the stage of a bundle) is
+:mod:`meshctl.ca.rotation_state`, re-exported here for callers.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
-from cryptography import x509
-
-from meshctl import files, kube
+from meshctl import kube
 from meshctl.ca import cacerts, certs, pki
+from meshctl.ca.rotation_state import (
+    NEXT_ROOT,
+    STATE_FILE,
+    State,
+    backup_state,
+    in_progress,
+    load_roots,
+    load_state,
+    next_root_settings,
+    promote,
+    refuse_if_rotating,
+    save_state,
+    stage_of,
+    state_path,
+    trusted_roots,
+)
 from meshctl.config import CASettings, Config
-from meshctl.errors import CheckFailed, ConfigError, UsageError
+from meshctl.errors import CheckFailed, UsageError
 
-STATE_FILE = "rotation.json"
-NEXT_ROOT = certs.NEXT_ROOT
-ARCHIVE = "archive"
+__all__ = [  # the rotation's public face, its state half included
+    "NEXT_ROOT", "RELOAD_NOTE", "STATE_FILE", "STEPS", "ClusterResult",
+    "IntermediateRotation", "State", "StepResult", "in_progress", "load_roots", "load_state",
+    "next_root_settings", "refuse_if_rotating", "rotate_intermediate", "run_step",
+    "save_state", "stage_of", "state_path", "trusted_roots",
+]
+
 STEPS = {
     1: "trust both roots everywhere (root-cert.pem = old + new)",
     2: "re-issue every intermediate under the new root",
@@ -52,178 +66,6 @@ RELOAD_NOTE = ("istiod (Istio >= 1.18) reloads plug-in certificates from cacerts
                "TTL (24h by default)")
 
 Progress = Callable[[str], None]
-
-
-# --- state -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class State:
-    """``rotation.json``: which roots, which step, for which clusters."""
-
-    old_root: str  # SHA-256 fingerprints
-    new_root: str
-    step: int  # the last step started
-    complete: bool  # ... and whether it finished on every cluster
-    clusters: tuple[str, ...]
-    started: str
-    updated: str
-    archived: str | None = None  # where step 3 put the old root
-
-    @property
-    def done(self) -> int:
-        """The last step complete on every cluster (0: none yet)."""
-        return self.step if self.complete else self.step - 1
-
-    @property
-    def finished(self) -> bool:
-        return self.step == 3 and self.complete
-
-    @property
-    def next_step(self) -> int | None:
-        return None if self.finished else self.done + 1
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "clusters": list(self.clusters)}
-
-
-def state_path(settings: CASettings) -> Path:
-    return settings.dir / STATE_FILE
-
-
-def load_state(settings: CASettings) -> State | None:
-    """The rotation state beside the CA, or ``None`` when no rotation was ever started."""
-    path = state_path(settings)
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        return State(old_root=doc["old_root"], new_root=doc["new_root"], step=int(doc["step"]),
-                     complete=bool(doc["complete"]), clusters=tuple(doc["clusters"]),
-                     started=doc["started"], updated=doc["updated"],
-                     archived=doc.get("archived"))
-    except (ValueError, KeyError, TypeError, OSError):
-        raise ConfigError(f"{path}: unreadable root rotation state (hint: restore it from "
-                          f"{settings.dir / ARCHIVE} or a backup)") from None
-
-
-def save_state(settings: CASettings, state: State) -> None:
-    files.write_atomic(state_path(settings), json.dumps(state.to_json(), indent=2) + "\n",
-                       mode=files.PUBLIC)
-
-
-def in_progress(settings: CASettings) -> State | None:
-    """The state of an unfinished root rotation, else ``None``."""
-    state = load_state(settings)
-    return state if state is not None and not state.finished else None
-
-
-def refuse_if_rotating(settings: CASettings, what: str) -> None:
-    """Intermediates under the old root would undo a half-done root rotation: refuse."""
-    state = in_progress(settings)
-    if state is not None:
-        raise UsageError(f"{what} refused: a root rotation is in progress (step {state.done} of "
-                         f"3 done)", hint=f"finish it: certs.rotate --root --step "
-                                          f"{state.next_step}")
-
-
-# --- classifying a cluster -----------------------------------------------------------
-
-
-def stage_of(bundle: certs.Bundle | None, old_root: str, new_root: str | None) -> int | None:
-    """Where a live ``cacerts`` stands in the rotation from ``old_root`` to ``new_root``.
-
-    0: trusts only old, intermediate under old (before step 1);
-    1: trusts old + new, intermediate under old; 2: old + new, under new;
-    3: trusts only new, under new.  ``None``: none of these (missing, foreign, broken).
-    """
-    if bundle is None:
-        return None
-    roots = [pki.fingerprint(r) for r in bundle.roots]
-    try:
-        signer = pki.fingerprint(bundle.signing_root)
-    except ValueError:
-        return None
-    if roots == [old_root] and signer == old_root:
-        return 0
-    if new_root is None:
-        return None
-    if roots == [old_root, new_root]:
-        return 1 if signer == old_root else 2
-    if roots == [new_root] and signer == new_root:
-        return 3
-    return None
-
-
-# --- roots on disk -------------------------------------------------------------------
-
-
-def next_root_settings(settings: CASettings) -> CASettings:
-    """The same settings with ``dir`` at ``next-root/``: the pending root's home."""
-    return replace(settings, dir=settings.dir / NEXT_ROOT)
-
-
-def _find_root(settings: CASettings, fingerprint: str) -> certs.RootCA | None:
-    places = [settings, next_root_settings(settings)]
-    archive = settings.dir / ARCHIVE
-    if archive.is_dir():
-        places += [replace(settings, dir=d) for d in sorted(archive.iterdir()) if d.is_dir()]
-    for place in places:
-        cert_path, key_path = certs.root_paths(place)
-        if cert_path.exists() and key_path.exists():
-            root = certs.load_root(place)
-            if pki.fingerprint(root.cert) == fingerprint:
-                return root
-    return None
-
-
-def load_roots(settings: CASettings, state: State) -> tuple[certs.RootCA, certs.RootCA]:
-    """The old and the new root of ``state``, wherever a crash may have left them."""
-    old, new = _find_root(settings, state.old_root), _find_root(settings, state.new_root)
-    if old is None or new is None:
-        missing = "old" if old is None else "new"
-        raise ConfigError(f"{settings.dir}: the {missing} root of the rotation in "
-                          f"{STATE_FILE} is not in the CA folder, {NEXT_ROOT}/ or {ARCHIVE}/")
-    return old, new
-
-
-def trusted_roots(settings: CASettings) -> list[x509.Certificate]:
-    """Every root the local CA stands behind now: the current one and, mid-rotation, the new."""
-    out = []
-    if certs.root_exists(settings):
-        out.append(certs.load_root(settings).cert)
-    state = in_progress(settings)
-    if state is not None:
-        found = _find_root(settings, state.new_root)
-        if found is not None and all(found.cert != r for r in out):
-            out.append(found.cert)
-    return out
-
-
-def _archive_old_root(settings: CASettings, old: certs.RootCA) -> Path:
-    """Copy the old root (key first, 0600) to ``archive/root-<time>-<fp>/``."""
-    target = settings.dir / ARCHIVE / (f"root-{files.timestamp()}-"
-                                       f"{pki.fingerprint(old.cert).replace(':', '')[:16]}")
-    certs.write_root(replace(settings, dir=target), old)
-    return target
-
-
-def _promote(settings: CASettings, state: State, old: certs.RootCA,
-             new: certs.RootCA) -> str:
-    """Step 3's local half: archive the old root, make the new one the CA's root.
-
-    Idempotent, so a crash anywhere in it is finished by a re-run.
-    """
-    archived = state.archived
-    if archived is None or not Path(archived).is_dir():
-        archived = str(_archive_old_root(settings, old))
-    current, _ = certs.root_paths(settings)
-    if not current.exists() or pki.fingerprint(certs.load_root(settings).cert) != state.new_root:
-        certs.write_root(settings, new)
-    pending = next_root_settings(settings)
-    if pending.dir.is_dir() and certs.load_root(settings).cert == new.cert:
-        shutil.rmtree(pending.dir)  # only a duplicate of the root now in place
-    return archived
 
 
 # --- running a step ------------------------------------------------------------------
@@ -289,22 +131,38 @@ def _require_stages(step: int, live: Mapping[str, certs.Bundle | None], old: str
     return stages  # type: ignore[return-value]
 
 
-def _bundle_for(step: int, settings: CASettings, name: str, live: certs.Bundle,
-                old: certs.RootCA, new: certs.RootCA) -> certs.Bundle:
-    """The bundle a cluster gets in ``step``: built from its local files (which must
-    match what it runs) so that local and live stay one."""
-    local = _local(settings, name)
+def _bundles_for(step: int, settings: CASettings, names: list[str],
+                 live: Mapping[str, certs.Bundle | None], old: certs.RootCA,
+                 new: certs.RootCA) -> dict[str, certs.Bundle]:
+    """The bundle each of ``names`` gets in ``step``, built from its local files (which
+    must match what it runs, so that local and live stay one).
+
+    All are built, and checked, before the first is written; step 2's new keys are
+    generated in parallel (:func:`pki.generate_keys`).
+    """
+    local = {name: _local(settings, name) for name in names}
+    running = {name: live[name] for name in names}
     if step == 2:
-        if local.ca_cert != live.ca_cert and certs.issued_by(local.ca_cert, new.cert):
-            return local  # issued by an interrupted run, not pushed yet: reuse it
-        return certs.make_intermediate(new, name, settings, roots=(old.cert, new.cert))
-    if local.ca_cert != live.ca_cert:
-        raise CheckFailed(f"{name}: the local intermediate (serial {local.ca_cert.serial_number:x}"
-                          f") is not the one in the cluster (serial "
-                          f"{live.ca_cert.serial_number:x})",
-                          hint="certs.status; restore the local files from <ca.dir>/backups/")
+        # issued by an interrupted run, not pushed yet: reuse it
+        reuse = {name for name in names if local[name].ca_cert != running[name].ca_cert
+                 and certs.issued_by(local[name].ca_cert, new.cert)}
+        fresh = [name for name in names if name not in reuse]
+        keys = dict(zip(fresh, pki.generate_keys(settings.key, len(fresh)), strict=True))
+        return {name: local[name] if name in reuse else certs.make_intermediate(
+            new, name, settings, roots=(old.cert, new.cert), key=keys[name]) for name in names}
     roots = (old.cert, new.cert) if step == 1 else (new.cert,)
-    return certs.Bundle(cluster=name, ca_cert=local.ca_cert, ca_key=local.ca_key, roots=roots)
+    out = {}
+    for name in names:
+        mine, theirs = local[name].ca_cert, running[name].ca_cert
+        if mine != theirs:
+            raise CheckFailed(f"{name}: the local intermediate (serial {mine.serial_number:x}"
+                              f") is not the one in the cluster (serial "
+                              f"{theirs.serial_number:x})",
+                              hint="certs.status; restore the local files from "
+                                   "<ca.dir>/backups/")
+        out[name] = certs.Bundle(cluster=name, ca_cert=mine, ca_key=local[name].ca_key,
+                                 roots=roots)
+    return out
 
 
 def _order(state: State | None, step: int) -> None:
@@ -368,14 +226,14 @@ def run_step(config: Config, step: int, *, clients: Mapping[str, kube.Kube] | No
     state = replace(state, step=step, complete=False, updated=_now())
     save_state(settings, state)
 
+    bundles = _bundles_for(step, settings, [n for n in names if stages[n] != step], live,
+                           old, new)
     results = []
     for name in names:
-        bundle_live = live[name]
-        assert bundle_live is not None
-        if stages[name] == step:
+        if name not in bundles:
             results.append(ClusterResult(name, False, "already done"))
             continue
-        bundle = _bundle_for(step, settings, name, bundle_live, old, new)
+        bundle = bundles[name]
         certs.replace_bundle(settings, bundle)
         outcome = cacerts.apply(clients[name], bundle, force=True,
                                 backup_dir=certs.backups_dir(settings))
@@ -384,7 +242,7 @@ def run_step(config: Config, step: int, *, clients: Mapping[str, kube.Kube] | No
 
     archived = None
     if step == 3:
-        archived = _promote(settings, state, old, new)
+        archived = promote(settings, state, old, new)
     state = replace(state, complete=True, updated=_now(), archived=archived or state.archived)
     save_state(settings, state)
     return StepResult(step=step, noop=False, old_root=state.old_root, new_root=state.new_root,
@@ -406,10 +264,7 @@ def _start(settings: CASettings, names: tuple[str, ...],
                               f"{bundle.ca_cert.serial_number:x}) is not the local one (serial "
                               f"{local.ca_cert.serial_number:x})",
                               hint=f"certs.issue --cluster {name} --force, then rotate")
-    previous = state_path(settings)
-    if previous.exists():  # a finished rotation's record: keep it with the archive
-        files.write_atomic(settings.dir / ARCHIVE / f"rotation-{files.timestamp()}.json",
-                           previous.read_bytes())
+    backup_state(settings)  # a finished rotation's record: kept in the backups
     new = certs.make_root(settings)
     certs.write_root(next_root_settings(settings), new)
     say(f"new root {pki.fingerprint(new.cert)} in {settings.dir / NEXT_ROOT}")

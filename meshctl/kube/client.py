@@ -24,15 +24,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import tenacity
 import urllib3
 import yaml
-from kubernetes import config as kube_config
-from kubernetes.client import ApiClient, ApiException, Configuration
-from kubernetes.config.config_exception import ConfigException
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 from meshctl import files
 from meshctl.config import Cluster
@@ -170,6 +170,8 @@ class Kube:
         _, url, headers, payload, _ = self.api.param_serialize(
             method=method, resource_path=url_path, header_params=headers,
             body=body, auth_settings=["BearerToken"])
+        from kubernetes.client import ApiException  # loaded already: self.api is its client
+
         with self._lock:
             self.counts[method] = self.counts.get(method, 0) + 1
         try:
@@ -237,6 +239,12 @@ def client(cluster: Cluster, *, deadline: float = DEFAULT_DEADLINE) -> Kube:
     A missing kubeconfig or context is a configuration error (exit 2) naming the
     cluster file; the kubeconfig's contents never appear in the message.
     """
+    # kubernetes is imported when a cluster is first needed: a dry-run, a usage error or a
+    # bad cluster file never pays for it
+    from kubernetes import config as kube_config
+    from kubernetes.client import ApiClient, Configuration
+    from kubernetes.config.config_exception import ConfigException
+
     path = kubeconfig_path(cluster)
     if path and not Path(path).is_file():
         why = "is a folder" if Path(path).is_dir() else "no such file"
@@ -271,8 +279,10 @@ def client_from(cluster: str, *, server: str, ca_pem: bytes, token: str,
     No ``kubernetes.config`` loader sees them, so nothing can name a command to run or
     a file to read: the server, its CA (in memory, no file), an optional TLS server
     name and a bearer token are all there is.  Parse first with
-    :mod:`meshctl.remote_kubeconfig`.
+    :mod:`meshctl.kube.remote_kubeconfig`.
     """
+    from kubernetes.client import ApiClient, Configuration
+
     cfg = Configuration(host=server, ca_cert_data=ca_pem.decode("ascii"),
                         api_key={"BearerToken": token},
                         api_key_prefix={"BearerToken": "Bearer"},

@@ -66,12 +66,14 @@ def dry_run(config: Config, plan: Plan, out: Path) -> DryRun:
 
     # Build everything in memory first: a failure here leaves the disk untouched.
     payload: dict[Path, tuple[bytes, int]] = {}
+    existing = {c.name: certs.load_bundle(certs.cluster_dir(config.mesh.ca, c.name), c.name)
+                for c in plan.clusters}
+    fresh = certs.make_intermediates(root, [  # keys made in parallel
+        n for n, b in existing.items() if b is None or certs.chain_problem(b, root.cert)],
+        config.mesh.ca)
     for c in plan.clusters:
-        existing = certs.load_bundle(certs.cluster_dir(config.mesh.ca, c.name), c.name)
-        if existing is not None and certs.chain_problem(existing, root.cert) is None:
-            bundle = existing
-        else:
-            bundle = certs.make_intermediate(root, c.name, config.mesh.ca)
+        bundle = fresh.get(c.name) or existing[c.name]
+        assert bundle is not None
         for name, data in bundle.files().items():
             mode = files.PRIVATE if name == certs.CA_KEY else files.PUBLIC
             payload[out / c.name / name] = (data, mode)

@@ -147,7 +147,7 @@ def _namespace(cp: ClusterPlan) -> Action:
 def _cacerts(name: str) -> Action:
     def do(live: Live) -> None:
         result = cacerts.apply(live.clients[name], live.bundles[name],
-                               backup_dir=live.config.mesh.ca.dir / "backups",
+                               backup_dir=certs.backups_dir(live.config.mesh.ca),
                                live=live.facts().cacerts[name])
         if result != "unchanged":
             live.changed(name, f"cacerts {result}")

@@ -6,7 +6,7 @@ ClusterRole: never the operator's own credentials).  meshctl keeps that output i
 memory, checks it before anything is applied (one Secret, the multicluster label,
 the cluster annotation, the server it points at, no loopback address unless the
 cluster file asked for it; the kubeconfig inside passes the allow-list of
-:mod:`meshctl.remote_kubeconfig`: one server and its CA, one inline token, nothing
+:mod:`meshctl.kube.remote_kubeconfig`: one server and its CA, one inline token, nothing
 that runs a command or reads a file) and applies it to the main through the API.
 The token never touches disk, logs or error messages; ``repr`` of a
 :class:`RemoteSecret` shows names only.
@@ -80,7 +80,7 @@ def parse(text: str, *, source: str, server: Server,
           mesh_id: str | None = None) -> RemoteSecret:
     """Check istioctl's output and turn it into an API-ready Secret (``data``, base64).
 
-    The kubeconfig inside goes through :mod:`meshctl.remote_kubeconfig`'s allow-list,
+    The kubeconfig inside goes through :mod:`meshctl.kube.remote_kubeconfig`'s allow-list,
     the same one ``verify`` and ``status`` use on what they read back.  Every failure
     message names what was wrong, never the content.
     """

@@ -4,7 +4,7 @@ Data first (``ClusterStatus``), rendering in ``report``.  Read-only: only GETs a
 LISTs.  One unreachable cluster is a row that says so (why, in words: TLS, DNS,
 refused, timed out) and the others are still read; the task then exits 3.
 
-Each remote secret's kubeconfig is checked by :mod:`meshctl.remote_kubeconfig`'s
+Each remote secret's kubeconfig is checked by :mod:`meshctl.kube.remote_kubeconfig`'s
 allow-list (never given to a loader): a link whose secret carries an exec plugin, a
 file path, other credentials or no kubeconfig at all is listed under ``link_errors``
 with the Secret and the field, not as a working link.
@@ -88,7 +88,7 @@ def one(config: Config, name: str) -> ClusterStatus:
     cluster = config.clusters[name]
     base = {"name": name, "role": cluster.role, "network": cluster.network}
     try:
-        k = kube.client(cluster, deadline=15)
+        k = kube.client(cluster, deadline=min(15.0, kube.DEFAULT_DEADLINE))
         bundle = cacerts.read(k)
         links, link_errors = _links(k)
         return ClusterStatus(

@@ -1,6 +1,6 @@
 """Preflight's checks: facts in, results out, no I/O.
 
-Each function turns the facts of one cluster (``preflight_facts``) into one
+Each function turns the facts of one cluster (``preflight.facts``) into one
 :class:`Result`; checks across the set of clusters take all facts.  Being pure,
 each rule reads as what it decides, and the numbers behind every verdict travel
 with it (``Result.numbers``) for ``--json``.

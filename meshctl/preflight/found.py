@@ -1,7 +1,7 @@
 """What preflight finds of an Istio already on a cluster, folded into small records.
 
 Pure: API objects in, :class:`Found` / :class:`HelmRelease` / :class:`Settings` out.
-``preflight_facts`` reads the objects (one LIST per kind) and hands each item here as
+``preflight.facts`` reads the objects (one LIST per kind) and hands each item here as
 it arrives, so only these records are kept, never the pages.
 
 Everything here is read from a cluster that other people write to, so it is treated

@@ -5,7 +5,7 @@ and replicas from the values it renders (Istio's defaults, 500m / 2Gi, unless
 ``mesh.yaml``'s ``istio.values.pilot`` overrides them), one pod per gateway the
 plan puts on the cluster, and one sidecar (``istio.sidecar``) per existing pod in
 ``injectNamespaces``, since each of those pods comes back with a proxy on restart.
-The verdict is by placement (``preflight_capacity.place``), and a FAIL says by how
+The verdict is by placement (``capacity.place``), and a FAIL says by how
 much and what to add, in sizes people can order.
 """
 

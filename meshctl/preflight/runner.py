@@ -7,10 +7,10 @@ says it up front, with numbers, and ``bootstrap`` runs it first and stops on FAI
     reports = preflight.run(config, ["cluster1", "cluster2"], plan=plan)
     if preflight.failed(reports): ...
 
-Layout: ``preflight_facts`` reads each cluster once (the only I/O; clusters are read
-concurrently, one thread each), ``preflight_checks``, ``preflight_resources`` and
-``preflight_ownership`` (an Istio meshctl did not install; ``preflight_found`` folds
-what is found) turn facts into :class:`Result` values, ``preflight_capacity`` is the
+Layout: ``preflight.facts`` reads each cluster once (the only I/O; clusters are read
+concurrently, one thread each), ``preflight.checks``, ``preflight.resources`` and
+``preflight.ownership`` (an Istio meshctl did not install; ``preflight.found`` folds
+what is found) turn facts into :class:`Result` values, ``preflight.capacity`` is the
 placement arithmetic; this module wires them and defines the JSON document.
 :func:`foreign_istio` runs the ownership checks alone, for bootstrap.
 
@@ -56,7 +56,7 @@ freeMemoryBytes, freePods, demandCpuMilli, demandMemoryBytes, demandPods, sideca
 shortCpuMilli, shortMemoryBytes, shortPods, unplaced {item: pods}); ``istio``
 (istiod, versions, revisions, skew; or found [str] when an istiod is not meshctl's);
 ``istio-helm``, ``istio-operator``, ``istio-ca``, ``injector-webhook`` (found [str]:
-each Istio object meshctl did not install, see ``preflight_ownership``);
+each Istio object meshctl did not install, see ``preflight.ownership``);
 ``mesh-config`` (checked [str], drift [str]); ``cacerts``; ``inject-namespaces`` (namespaces,
 missing, podSecurityBlocked); ``api-server-address``; ``east-west-address``;
 ``unique``.  A check that does not apply to a cluster (or could not run because the
@@ -144,7 +144,7 @@ def foreign_istio(config: Config, names: Sequence[str] = (), *, plan: Plan | Non
 
     Clusters are ``names``, else the plan's, else every cluster file.  Returns every
     result (PASS and FAIL), cluster by cluster in that order: for a reachable cluster
-    one per ownership check (``preflight_ownership.CHECKS``; ``mesh-config`` only
+    one per ownership check (``ownership.CHECKS``; ``mesh-config`` only
     where meshctl's install record is), for one that could not be read its
     ``context`` or ``api`` FAIL.  Any FAIL means: write nothing anywhere.  Costs about
     eight requests per cluster, whatever its size.  ``istioctl`` is accepted for

@@ -3,7 +3,7 @@
 The sandbox talks to the clusters it starts before anything else exists, and from a
 small background process (the LoadBalancer loop); plain ``urllib`` with the cluster's
 admin client certificate keeps that path free of the ``kubernetes`` client's import
-time and configuration rules.  meshctl itself talks to clusters through ``kube.py``.
+time and configuration rules.  meshctl itself talks to clusters through :mod:`meshctl.kube`.
 """
 
 from __future__ import annotations

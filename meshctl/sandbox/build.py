@@ -83,7 +83,7 @@ BUILDS = (
             f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}"),
 )
 BINARIES = tuple(out for b in BUILDS for out in b.outputs)
-# What ``up`` runs (pilot-discovery for every istiod pod, see sandbox_istiod); istioctl
+# What ``up`` runs (pilot-discovery for every istiod pod, see sandbox.istiod); istioctl
 # is built alongside for tests and users, not needed to start.
 RUNTIME = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
            "pilot-discovery")

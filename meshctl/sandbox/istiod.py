@@ -6,7 +6,7 @@ webhooks, its CA and its multi-cluster discovery untested, so for every pod labe
 controller does what kubelet would:
 - materialises the container's volumes (``cacerts`` Secret, the ServiceAccount token,
   any ConfigMap) under a folder of its own that stands in for the container's root,
-  and keeps them current with atomic ``..data`` swaps (``sandbox_pod``);
+  and keeps them current with atomic ``..data`` swaps (``sandbox.pod``);
 - starts ``pilot-discovery`` there with the pod's args and env (``REVISION``,
   ``CLUSTER_ID``, ``POD_NAME``, ``POD_NAMESPACE`` … as the chart sets them; ``REVISION``
   from the pod's ``istio.io/rev`` label only if the env lacks it), a kubeconfig whose
@@ -21,9 +21,9 @@ controller does what kubelet would:
 - publishes kwok ``PortForward``, ``Exec`` and ``Logs`` objects for the pod, so the API
   server's port-forward, exec and logs reach this process through kwok's kubelet API;
 - routes each Service ClusterIP:port selecting a running istiod to its ready process
-  (``sandbox_proxy``): the API server's webhook calls reach the real istiod.
+  (``sandbox.proxy``): the API server's webhook calls reach the real istiod.
 
-Runs as threads of the sandbox's controller process (``sandbox_lb``), one per cluster.
+Runs as threads of the sandbox's controller process (``sandbox.lb``), one per cluster.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """istiod pods as kubelet reports them: readiness, status, kwok's kubelet API, Service routes.
 
-The half of ``sandbox_istiod`` that tells the cluster about the processes it runs: the
+The half of ``sandbox.istiod`` that tells the cluster about the processes it runs: the
 pod's ``Ready`` from its own readiness probe, container states and restarts in the pod
 status, kwok ``PortForward``/``Exec``/``Logs`` objects so the API server's
 port-forward, exec and logs reach the process, and the Service ClusterIP routes that
-``sandbox_proxy`` serves.  Shared helpers and the per-pod record live here too.
+``sandbox.proxy`` serves.  Shared helpers and the per-pod record live here too.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ serves the kubelet API on the node's address (``--server-address``, TLS with a
 certificate from the cluster CA that the API server verifies), so ``kubectl
 port-forward``, ``exec`` and ``logs`` through the API server reach whatever kwok's
 ``PortForward``, ``Exec`` and ``Logs`` objects name: the sandbox publishes one of each
-for every istiod pod it runs (``sandbox_istiod``).  Those objects are read from the API
+for every istiod pod it runs (``sandbox.istiod``).  Those objects are read from the API
 (``--enable-crds``), so kwok's CRDs are created before kwok starts.
 """
 
@@ -33,7 +33,7 @@ def kwok_argv(p: ClusterPlan, bin_dir: Path, stages: Path) -> list[str]:
             "--node-lease-duration-seconds=40"]
     if p.kubelet_port:
         # kwok's kubelet API: port-forward, exec and logs per pod from kwok's own
-        # PortForward/Exec/Logs objects (sandbox_istiod publishes them for istiod pods).
+        # PortForward/Exec/Logs objects (sandbox.istiod publishes them for istiod pods).
         argv += [f"--server-address={p.ip}:{p.kubelet_port}", f"--node-port={p.kubelet_port}",
                  f"--tls-cert-file={pk / 'kubelet.crt'}",
                  f"--tls-private-key-file={pk / 'kubelet.key'}",

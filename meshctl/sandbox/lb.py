@@ -7,12 +7,12 @@ wait forever.  Like k3s' ServiceLB, this gives every ``type: LoadBalancer`` Serv
 without a ``loadBalancerClass`` the cluster's node address (its 127.0.0.x), which is
 all the sandbox can honestly offer: the address is real, but no packet is forwarded.
 
-The same process plays kubelet for istiod pods (``sandbox_istiod``: the real
+The same process plays kubelet for istiod pods (``sandbox.istiod``: the real
 pilot-discovery per pod, and ClusterIP forwarding to it) and runs the admission-webhook
-stand-in (``sandbox_webhooks``) for webhook Services no real istiod backs.
+stand-in (``sandbox.webhooks``) for webhook Services no real istiod backs.
 
 Runs as its own small process
-(``python -m meshctl.sandbox_lb STATE [--bin=DIR] CLUSTER=URL ...``),
+(``python -m meshctl.sandbox.lb STATE [--bin=DIR] CLUSTER=URL ...``),
 started by ``sandbox.up`` with a pid file like every other component, one watch thread
 per cluster.  It exits by itself when the state folder disappears.
 """

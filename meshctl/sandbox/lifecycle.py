@@ -133,7 +133,7 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
     """Start the clusters in parallel and wait until each is usable; write their files.
 
     ``istiod`` (default: ``$MESHCTL_SANDBOX_ISTIOD`` != "off"): run the real istiod for
-    istiod pods (``sandbox_istiod``); off, istiod pods are only marked Ready and the
+    istiod pods (``sandbox.istiod``); off, istiod pods are only marked Ready and the
     webhook stand-in answers every webhook (lighter, and proves less).
 
     On any failure (or Ctrl-C) everything already started is stopped and only the logs

@@ -1,6 +1,6 @@
 """What a kubelet does for one container before and while it runs, minus the container.
 
-The sandbox runs istiod's real binary as a host process (``sandbox_istiod``).  For it to
+The sandbox runs istiod's real binary as a host process (``sandbox.istiod``).  For it to
 behave as it does in a pod, it must see what kubelet would give the container:
 - **volumes** at their mount paths.  istiod reads them as paths relative to its working
   directory (``./etc/cacerts``, ``./var/run/secrets/...``), so each process gets its own

@@ -1,7 +1,7 @@
 """ClusterIP → pod forwarding for the pods the sandbox really runs: kube-proxy's job, small.
 
 In a cluster, kube-proxy makes a Service's ClusterIP:port reach one of its ready
-endpoints.  The sandbox's Service range is on loopback (see ``sandbox_cluster``), so
+endpoints.  The sandbox's Service range is on loopback (see ``sandbox.cluster``), so
 the API server calling istiod's webhooks at ``istiod.istio-system.svc:443`` dials a
 127.x ClusterIP on this machine.  This module listens on exactly those ClusterIP:port
 pairs and relays each TCP connection, bytes untouched (TLS passes through), to a ready

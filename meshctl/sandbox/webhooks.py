@@ -1,6 +1,6 @@
 """The sandbox's stand-in for admission webhooks that no process of the sandbox serves.
 
-The sandbox runs the real istiod for every istiod pod (``sandbox_istiod``), and the
+The sandbox runs the real istiod for every istiod pod (``sandbox.istiod``), and the
 Services selecting those pods reach it: their webhooks are answered by Istio itself.
 What remains is a webhook whose Service has no pod the sandbox can run: above all a
 remote-profile cluster, whose ``istiod`` Service has no selector and whose endpoint is
@@ -118,7 +118,7 @@ def sync(api: Api, stand_in: StandIn, name: str, real_istiod: bool = False) -> N
     """Serve and trust every in-cluster webhook Service that exists now.
 
     With ``real_istiod``, Services that select istiod pods are left to the real istiod
-    the sandbox runs (``sandbox_istiod``): it serves them and patches its own caBundle.
+    the sandbox runs (``sandbox.istiod``): it serves them and patches its own caBundle.
     """
     for kind in KINDS:
         for config in api.get(PATH + kind).get("items") or []:

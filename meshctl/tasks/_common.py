@@ -8,13 +8,16 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke import task
 from invoke.exceptions import Exit
 
-from meshctl import config, files
+from meshctl import files
 from meshctl.errors import MeshctlError, UsageError
+
+if TYPE_CHECKING:
+    from meshctl import config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,6 +67,8 @@ def mesh_task(*, help: dict[str, str], iterable: tuple[str, ...] = ()) -> Callab
 
 def load(flag: str | None) -> config.Config:
     """The cluster files of ``--clusters-dir`` (see :func:`clusters_dir`), validated."""
+    from meshctl import config  # imported when a task runs: `meshctl --help` stays fast
+
     return config.load(clusters_dir(flag))
 
 

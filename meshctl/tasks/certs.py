@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from invoke.exceptions import Exit
 
-from meshctl import kube, report
-from meshctl.ca import cacerts, certs, pki, rotation
-from meshctl.ca import status as cert_status
+from meshctl import report
 from meshctl.errors import UsageError
 from meshctl.tasks import _common
+
+if TYPE_CHECKING:  # the task bodies import what they run: `meshctl --help` stays fast
+    from meshctl.ca import rotation
 
 
 @_common.mesh_task(help={
@@ -16,6 +19,8 @@ from meshctl.tasks import _common
         "ca.dir/backups/root.backup-<time>/ first)"})
 def init(c, force=False, clusters_dir=None):
     """Create the mesh's root CA on this machine (ca.dir of mesh.yaml)."""
+    from meshctl.ca import certs, pki, rotation
+
     cfg = _common.load(clusters_dir)
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.init")
     root, backup = certs.init_root(cfg.mesh.ca, force=force)
@@ -31,14 +36,16 @@ def init(c, force=False, clusters_dir=None):
     "force": "replace a cacerts Secret holding another CA (saved to ca.dir/backups/ first)"})
 def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
     """Issue a cluster's intermediate CA and push it as istio-system/cacerts."""
+    from meshctl import kube
+    from meshctl.ca import cacerts, certs, rotation
+
     cfg = _common.load(clusters_dir)
     names = _common.selected(cfg, cluster)
     rotation.refuse_if_rotating(cfg.mesh.ca, "certs.issue")
     root = certs.load_root(cfg.mesh.ca)
     certs.refuse_to_sign(root, cfg.mesh.ca)
     bundles = {}
-    for name in names:
-        bundle, created = certs.ensure_intermediate(root, name, cfg.mesh.ca)
+    for name, (bundle, created) in certs.ensure_intermediates(root, names, cfg.mesh.ca).items():
         bundles[name] = bundle
         verb = "issued" if created else "kept"
         report.out.print(f"{name}: {verb} intermediate serial {bundle.ca_cert.serial_number:x}, "
@@ -56,9 +63,11 @@ def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
 @_common.mesh_task(iterable=("cluster",), help={
     "cluster": "cluster to show (repeatable; default: all)",
     "json": "print one JSON document (schema in "
-        "meshctl/cert_status.py)"})
+        "meshctl/ca/status.py)"})
 def status(c, cluster=None, json=False, clusters_dir=None):
     """Chain, expiry and local-vs-cluster match of every cluster's cacerts; exit 1 on FAIL."""
+    from meshctl.ca import status as cert_status
+
     cfg = _common.load(clusters_dir)
     result = cert_status.collect(cfg, cluster or None)
     if json:
@@ -76,6 +85,8 @@ def status(c, cluster=None, json=False, clusters_dir=None):
         "3 drop the old root"})
 def rotate(c, cluster=None, root=False, step=None, clusters_dir=None):
     """New intermediate under the same root, or one step of a staged root rotation."""
+    from meshctl.ca import cacerts, rotation
+
     step = int(_common.number("--step", step, default=0))
     cfg = _common.load(clusters_dir)
     if root:
@@ -101,6 +112,8 @@ def rotate(c, cluster=None, root=False, step=None, clusters_dir=None):
 
 
 def _print_step(result: rotation.StepResult) -> None:
+    from meshctl.ca import rotation
+
     what = rotation.STEPS[result.step]
     if result.noop:
         report.out.print(f"root rotation step {result.step} ({what}) already done on every "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshctl import config, files, report, topology
-from meshctl import verify as verifier
+from meshctl import report
 from meshctl.errors import CheckFailed, ClusterError, UsageError
-from meshctl.mesh import bootstrap as flow
-from meshctl.mesh import status as status_mod
 from meshctl.tasks import _common
+
+if TYPE_CHECKING:  # the task bodies import what they run: `meshctl --help` stays fast
+    from meshctl import config, topology
 
 
 @_common.mesh_task(iterable=("cluster",), help={
@@ -41,6 +42,9 @@ def preflight(c, cluster=None, json=False, clusters_dir=None):
     "dry-run": "print the IstioOperator files, contact no cluster"})
 def install(c, cluster=None, main=None, dry_run=False, clusters_dir=None):
     """Install Istio (and the east-west gateway) on one cluster with istioctl."""
+    from meshctl import topology
+    from meshctl.mesh import bootstrap as flow
+
     cfg = _common.load(clusters_dir)
     plan = topology.plan_for(cfg, cluster or "", main=main)
     if dry_run:
@@ -58,6 +62,9 @@ def install(c, cluster=None, main=None, dry_run=False, clusters_dir=None):
         "apiServer, else its kubeconfig's server unless loopback)"})
 def link(c, main=None, remote=None, server=None, clusters_dir=None):
     """Create the remote secret of REMOTE and apply it to MAIN."""
+    from meshctl import topology
+    from meshctl.mesh import bootstrap as flow
+
     cfg = _common.load(clusters_dir)
     topology.select(cfg, main or "", [remote] if remote else [])
     result = flow.link(cfg, target=main, source=remote, server=server)
@@ -68,6 +75,9 @@ def link(c, main=None, remote=None, server=None, clusters_dir=None):
     "main": "cluster holding the secret", "remote": "cluster whose secret goes"})
 def unlink(c, main=None, remote=None, clusters_dir=None):
     """Remove REMOTE's remote secret from MAIN."""
+    from meshctl import topology
+    from meshctl.mesh import bootstrap as flow
+
     cfg = _common.load(clusters_dir)
     topology.select(cfg, main or "", [remote] if remote else [])
     removed = flow.unlink(cfg, target=main, source=remote)
@@ -87,6 +97,10 @@ def unlink(c, main=None, remote=None, clusters_dir=None):
 def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_preflight=False,
               force=False, clusters_dir=None):
     """Join clusters into one mesh: preflight, certs, install, gateways, links (idempotent)."""
+    from meshctl import topology
+    from meshctl.mesh import bootstrap as flow
+    from meshctl.mesh import status as status_mod
+
     cfg = _common.load(clusters_dir)
     plan = topology.plan(cfg, main or "", remote or [])
     if dry_run:
@@ -108,6 +122,8 @@ def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_prefligh
 
 
 def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
+    from meshctl.mesh import bootstrap as flow
+
     result = flow.dry_run(cfg, plan, out)
     document = flow.plan_document(cfg, plan, result)
     report.out.print(report.plan_table(document))
@@ -124,6 +140,8 @@ def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
     "json": "print one JSON document"})
 def status(c, cluster=None, json=False, clusters_dir=None):
     """One table from the live clusters: roles, networks, Istio version, links, cert days."""
+    from meshctl.mesh import status as status_mod
+
     cfg = _common.load(clusters_dir)
     names = _common.selected(cfg, cluster)
     rows = status_mod.collect(cfg, names)
@@ -144,14 +162,17 @@ def status(c, cluster=None, json=False, clusters_dir=None):
     "json": "print one JSON document (schema meshctl.verify/v1)",
     "junit": "also write a JUnit XML report to this file (one testcase per check)",
     "keep": "leave the sample apps in their namespace (default: remove them)",
-    "namespace": f"namespace for the sample apps, one meshctl owns or creates (default "
-        f"{verifier.DEFAULT_NAMESPACE}); an existing one meshctl did not make is "
+    "namespace": "namespace for the sample apps, one meshctl owns or creates (default "
+        "meshctl-verify); an existing one meshctl did not make is "
         "refused",
     "requests": "how many requests the curl client sends (default 10)",
     "timeout": "seconds to wait for the sample apps to become ready (default 180)"})
 def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namespace=None,
            requests=None, timeout=None, clusters_dir=None):
     """Check the mesh spans the clusters: static checks, then sample traffic."""
+    from meshctl import files, topology
+    from meshctl import verify as verifier
+
     count = int(_common.number("--requests", requests, default=10, minimum=1))
     wait = _common.number("--timeout", timeout, default=180, minimum=1, whole=False)
     ns = _common.dns_label("--namespace", namespace, default=verifier.DEFAULT_NAMESPACE)
@@ -214,6 +235,9 @@ def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=
     "yes": "really remove everything bootstrap made"})
 def teardown(c, main=None, remote=None, yes=False, clusters_dir=None):
     """Undo bootstrap in reverse (secrets, gateways, Istio, cacerts); keeps the local CA."""
+    from meshctl import topology
+    from meshctl.mesh import bootstrap as flow
+
     cfg = _common.load(clusters_dir)
     plan = topology.plan(cfg, main or "", remote or [])
     if not yes:

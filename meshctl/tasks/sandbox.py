@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from invoke import task
 
 from meshctl.errors import CheckFailed, UsageError
-from meshctl.sandbox import build as sandbox_build
-from meshctl.sandbox import lifecycle as sandbox
-from meshctl.sandbox import status as sandbox_status
 from meshctl.tasks._common import guard
+
+if TYPE_CHECKING:  # the task bodies import what they run: `meshctl --help` stays fast
+    from meshctl.sandbox import status as sandbox_status
 
 
 def _progress(message: str) -> None:
@@ -33,6 +34,8 @@ def _int(flag: str, value: object) -> int:
 @guard
 def build(c):
     """Build the sandbox binaries (etcd, kube-*, kwok, istioctl) from pinned Go modules."""
+    from meshctl.sandbox import build as sandbox_build
+
     result = sandbox_build.build(progress=_progress)
     print(result.bin_dir)
 
@@ -49,6 +52,8 @@ def build(c):
 @guard
 def up(c, clusters=None, nodes=None, cpu="4", memory="8Gi", pods=None, no_istiod=False):
     """Start N local clusters (real control planes, simulated nodes)."""
+    from meshctl.sandbox import lifecycle as sandbox
+
     # Numbers arrive as strings (None defaults) so a bad value is our one-line exit 2,
     # not a traceback from invoke's int() cast.
     shapes = sandbox.shapes(_int("--clusters", clusters or 2), nodes=_int("--nodes", nodes or 3),
@@ -64,6 +69,8 @@ def up(c, clusters=None, nodes=None, cpu="4", memory="8Gi", pods=None, no_istiod
 @guard
 def down(c):
     """Stop every sandbox process and remove its state."""
+    from meshctl.sandbox import lifecycle as sandbox
+
     result = sandbox.down()
     if not result.removed:
         print(f"no sandbox in {result.state_dir}")
@@ -76,6 +83,8 @@ def down(c):
 @guard
 def status(c, json_=False):
     """Show the sandbox clusters, their processes and whether each API answers."""
+    from meshctl.sandbox import status as sandbox_status
+
     st = sandbox_status.status()
     if json_:
         print(json.dumps(st.to_dict(), indent=2))
@@ -90,6 +99,7 @@ def status(c, json_=False):
 
 
 def _render(st: sandbox_status.SandboxStatus) -> None:
+
     from rich.console import Console
     from rich.table import Table
 

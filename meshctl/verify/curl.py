@@ -13,10 +13,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes.stream import stream
-from kubernetes.stream.ws_client import ERROR_CHANNEL
-
 from meshctl import kube
 from meshctl.errors import one_line
 from meshctl.verdicts import FAIL, PASS
@@ -45,6 +41,10 @@ def exec_in_pod(k: kube.Kube, pod: str, container: str, command: list[str], *,
     A fresh ApiClient because ``kubernetes.stream`` swaps the client's request method
     for the websocket while it runs; sharing would race with other threads' calls.
     """
+    from kubernetes import client as k8s  # imported here: only verify's traffic half needs it
+    from kubernetes.stream import stream
+    from kubernetes.stream.ws_client import ERROR_CHANNEL
+
     cfg = k.api.configuration
     api = k8s.ApiClient(configuration=cfg)
     try:

@@ -20,12 +20,12 @@ Two halves, each a list of :class:`Check` (one per JUnit testcase):
 A request that was not seen is never counted: when exec is impossible (the sandbox
 has simulated nodes, no container runs, so the API server cannot reach a kubelet)
 the traffic check FAILs with "traffic was NOT checked" and why, after reporting every
-step reached.  In the sandbox Istio's admission webhooks are answered by a stand-in
-that admits everything unchanged, so NO sidecar is injected; the sidecar check says
-so from what the pods contain.  When the static half fails, the traffic half is
-skipped (a broken mesh cannot carry it) and says why.
+step reached.  Whether a sidecar was injected is judged from what the pods contain
+(the sandbox runs the real istiod, whose injector adds it on primaries; a remote-role
+cluster's webhooks are answered by a stand-in that injects nothing).  When the static
+half fails, the traffic half is skipped (a broken mesh cannot carry it) and says why.
 
-A remote secret's kubeconfig is read through :mod:`meshctl.remote_kubeconfig`'s
+A remote secret's kubeconfig is read through :mod:`meshctl.kube.remote_kubeconfig`'s
 allow-list and the client is built from its values by hand: a Secret that names an
 exec plugin, a file or another credential is a FAIL naming the Secret and the field,
 and nothing of it runs.
@@ -67,7 +67,8 @@ def run(config: Config, plan: Plan, *, requests: int = 10, keep: bool = False,
     A ``namespace`` that exists on any cluster without meshctl's label stops verify
     at once (:class:`CheckFailed`, exit 1), before anything is written.
     """
-    clients = {n: kube.client(config.clusters[n], deadline=30) for n in plan.names}
+    clients = {n: kube.client(config.clusters[n], deadline=min(30.0, kube.DEFAULT_DEADLINE))
+               for n in plan.names}
     refuse_foreign(clients, namespace)
     progress(plan.main, "static checks …")
     checks = static_checks(config, plan, clients)
