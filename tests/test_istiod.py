@@ -45,7 +45,8 @@ def eventually(check: Callable[[], T | None], *, timeout: float = 90.0, what: st
                 return result
             last = result
         except Exception as e:  # the wait is about tolerating these
-            last = f"{type(e).__name__}: {str(e)[:300]}"
+            # an ApiException's own text is mostly headers: its body has the reason
+            last = f"{type(e).__name__}: {(getattr(e, 'body', None) or str(e))[:600]}"
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
 
@@ -477,10 +478,6 @@ def istiod_says(mesh: Mesh, name: str, needle: str) -> list[str]:
     return [line[:200] for line in log.read_text().splitlines() if needle in line]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "unproven: with ISTIO_MULTIROOT_MESH now set, istiod no longer logs 'Multi root is "
-    "disabled', but in the one run so far (load average ~50) istio-ca-root-cert did not "
-    "show both roots within 30 s after root step 1; see the issue notes"))
 def test_root_rotation_steps_show_in_istio_ca_root_cert(primaries: Mesh,
                                                        tmp_path: Path) -> None:
     handle, folder = primaries.handle, str(primaries.folder)

@@ -62,11 +62,16 @@ def test_remote_runs_no_istiod_and_its_webhook_is_the_stand_in(main_remote: Mesh
     ns = namespace_factory(main_remote.handle)
     core = main_remote.handle["cluster2"].core()
     core.patch_namespace(ns, {"metadata": {"labels": {"istio-injection": "enabled"}}})
-    pod = eventually(lambda: core.create_namespaced_pod(ns, k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="app"),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="x")]))),
-        what="pod admitted on the remote")
+    log_file = state / "logs" / "sandbox-lb.log"
+    try:
+        pod = eventually(lambda: core.create_namespaced_pod(ns, k8s.V1Pod(
+            metadata=k8s.V1ObjectMeta(name="app"),
+            spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="x")]))),
+            what="pod admitted on the remote")
+    except AssertionError as e:  # say what the stand-in's process saw, for the next reader
+        tail = "\n".join(log_file.read_text().splitlines()[-40:])
+        raise AssertionError(f"{e}\n--- sandbox-lb.log (last 40 lines) ---\n{tail}") from None
     # Admitted by the stand-in, unchanged: the main's istiod is not reachable here.
     assert [ct.name for ct in pod.spec.containers] == ["app"]
-    log = (state / "logs" / "sandbox-lb.log").read_text()
+    log = log_file.read_text()
     assert "cluster2: serving webhook istiod.istio-system.svc:443" in log

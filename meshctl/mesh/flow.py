@@ -327,7 +327,7 @@ def remote_secret_of(config: Config, clusters: dict[str, Kube], ctl: istio.Istio
                                      stop=tenacity.stop_after_attempt(3),
                                      wait=tenacity.wait_fixed(1.0), reraise=True):
         with attempt:
-            return remote_secret.create(ctl, cluster, chosen)
+            return remote_secret.create(ctl, cluster, chosen, mesh_id=config.mesh.mesh_id)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -67,6 +67,28 @@ class _Handler(BaseHTTPRequestHandler):
         del format, args  # one line per admission would drown the controller's log
 
 
+class _TLSServer(ThreadingHTTPServer):
+    """TLS with the handshake in each connection's own thread, never in the accept loop.
+
+    Wrapping the listening socket would run every handshake inside ``accept``: one client
+    that connects and then stalls would block the loop, and every later webhook call
+    (the API server waits 10 s, then answers the user with a 500) would time out.
+    """
+
+    daemon_threads = True
+    HANDSHAKE_TIMEOUT = 10.0
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 context: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self.context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(self.HANDSHAKE_TIMEOUT)  # for the handshake and each read
+        tls = self.context.wrap_socket(request, server_side=True)
+        self.RequestHandlerClass(tls, client_address, self)
+
+
 @dataclass
 class StandIn:
     """One CA for all stand-in listeners of a sandbox, and the listeners themselves."""
@@ -101,9 +123,7 @@ class StandIn:
         with self.lock:
             if (ip, port) in self.listeners:
                 return False
-            server = ThreadingHTTPServer((ip, port), _Handler)
-            server.socket = self._context(dns).wrap_socket(server.socket, server_side=True)
-            server.daemon_threads = True
+            server = _TLSServer((ip, port), _Handler, self._context(dns))
             threading.Thread(target=server.serve_forever, daemon=True,
                              name=f"webhook {ip}:{port}").start()
             self.listeners[(ip, port)] = server
