@@ -148,12 +148,9 @@ def run(config: Config, plan: Plan, *, skip_preflight: bool = False, force: bool
     """
     live = flow.Live(config, plan, skip_preflight=skip_preflight, force=force,
                      progress=progress)
-    try:
-        flow.execute(flow.steps(config, plan), live)
-    finally:
-        outcome = Outcome(clusters=live.clients, changes=live.changes,
-                          addresses=live.addresses, executed=live.executed)
-    return outcome
+    flow.execute(flow.steps(config, plan), live)
+    return Outcome(clusters=live.clients, changes=live.changes, addresses=live.addresses,
+                   executed=live.executed)
 
 
 def teardown(config: Config, plan: Plan, *,

@@ -12,8 +12,10 @@ For those webhooks only, this stand-in does what the missing server side would, 
 more:
 - for every webhook configuration whose ``clientConfig.service`` names such a Service,
   it listens on that Service's ClusterIP and port (the sandbox's Service range is on
-  loopback) with TLS for ``<svc>.<ns>.svc``, and writes its CA into the webhook's
-  ``caBundle`` as istiod does for itself;
+  loopback) with TLS for ``<svc>.<ns>.svc``.  Its certificate is issued by the
+  cluster's own ``cacerts`` when there is one, as istiod's is (:class:`Issuer`), so the
+  mesh root that the main's istiod writes into the caBundle trusts it; without a
+  ``cacerts`` it uses a CA of its own and writes that into the caBundle;
 - it answers every AdmissionReview with ``allowed: true`` and no patch.
 
 So objects it admits are admitted unchanged: **no sidecar is injected** by it and no
@@ -89,6 +91,44 @@ class _TLSServer(ThreadingHTTPServer):
         self.RequestHandlerClass(tls, client_address, self)
 
 
+@dataclass(frozen=True)
+class Issuer:
+    """The cluster's own Istio CA (its ``cacerts``): what istiod signs its serving cert with.
+
+    A remote-profile cluster's webhook caBundle is kept by the main's istiod (with
+    ``externalIstiod``) as the mesh root.  A stand-in cert from its own CA would fight
+    that patcher and lose (``x509: certificate signed by unknown authority``), so where a
+    ``cacerts`` exists the stand-in serves what istiod would: a leaf under the mesh CA.
+    """
+
+    cert: Any  # x509.Certificate
+    key: Any  # pki.PrivateKey
+    chain_pem: bytes  # intermediate(s) + root, as in cert-chain.pem
+    root_pem: bytes
+
+
+def mesh_issuer(api: Api) -> Issuer | None:
+    """``istio-system/cacerts`` of this cluster, or None when there is none (yet)."""
+    try:
+        secret = api.get("/api/v1/namespaces/istio-system/secrets/cacerts")
+    except ApiError:
+        return None
+    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+    if not {"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"} <= data.keys():
+        return None
+    return Issuer(pki.load_certs(data["ca-cert.pem"])[0], pki.load_key(data["ca-key.pem"]),
+                  data["cert-chain.pem"], data["root-cert.pem"])
+
+
+def trusts(bundle_b64: str | None, root_pem: bytes) -> bool:
+    """True when a webhook's caBundle already holds ``root_pem``'s certificate."""
+    try:
+        held = pki.load_certs(base64.b64decode(bundle_b64 or ""))
+    except ValueError:
+        return False
+    return any(pki.load_certs(root_pem)[0] == cert for cert in held)
+
+
 @dataclass
 class StandIn:
     """One CA for all stand-in listeners of a sandbox, and the listeners themselves."""
@@ -96,6 +136,7 @@ class StandIn:
     workdir: Path
     ca: pki.PrivateKey = field(default_factory=lambda: pki.generate_key("ecdsa-p256"))
     listeners: dict[tuple[str, int], ThreadingHTTPServer] = field(default_factory=dict)
+    issued_by: dict[tuple[str, int], Any] = field(default_factory=dict)  # CA cert per listener
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -103,30 +144,42 @@ class StandIn:
         self.ca_cert = pki.self_signed_ca(subject=subject, key=self.ca, days=30)
         self.ca_bundle = base64.b64encode(pki.cert_pem(self.ca_cert)).decode()
 
-    def _context(self, dns: str) -> ssl.SSLContext:
+    def bundle(self, issuer: Issuer | None) -> str:
+        """The caBundle that trusts what this stand-in serves under ``issuer``."""
+        return base64.b64encode(issuer.root_pem).decode() if issuer else self.ca_bundle
+
+    def _load(self, ctx: ssl.SSLContext, dns: str, issuer: Issuer | None) -> None:
+        """(Re)load the serving cert: a leaf under ``issuer`` (with its chain), else under
+        the stand-in's own CA.  New handshakes use it; open connections keep theirs."""
         key = pki.generate_key("ecdsa-p256")
+        ca_cert, ca_key = (issuer.cert, issuer.key) if issuer else (self.ca_cert, self.ca)
         cert = pki.sign(subject=pki.name(common_name=dns), public_key=key.public_key(),
-                        issuer_name=self.ca_cert.subject, issuer_key=self.ca,
-                        issuer_cert=self.ca_cert, usage=pki.Usage(server=True), days=30,
-                        dns=[dns])
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                        issuer_name=ca_cert.subject, issuer_key=ca_key, issuer_cert=ca_cert,
+                        usage=pki.Usage(server=True), days=30, dns=[dns])
         with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
             cert_file, key_file = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-            cert_file.write_bytes(pki.cert_pem(cert))
+            cert_file.write_bytes(pki.cert_pem(cert) + (issuer.chain_pem if issuer else b""))
             key_file.write_bytes(pki.key_pem(key))
             key_file.chmod(0o600)
             ctx.load_cert_chain(cert_file, key_file)
-        return ctx
 
-    def serve(self, ip: str, port: int, dns: str) -> bool:
-        """Listen on ``ip:port`` for ``dns`` unless already listening; True if new."""
+    def serve(self, ip: str, port: int, dns: str, issuer: Issuer | None = None) -> bool:
+        """Listen on ``ip:port`` for ``dns`` unless already listening (then re-issue its
+        cert when the cluster's CA changed); True if new."""
         with self.lock:
-            if (ip, port) in self.listeners:
+            server = self.listeners.get((ip, port))
+            if server is not None:
+                if self.issued_by.get((ip, port)) != (issuer.cert if issuer else None):
+                    self._load(server.context, dns, issuer)
+                    self.issued_by[(ip, port)] = issuer.cert if issuer else None
                 return False
-            server = _TLSServer((ip, port), _Handler, self._context(dns))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._load(ctx, dns, issuer)
+            server = _TLSServer((ip, port), _Handler, ctx)
             threading.Thread(target=server.serve_forever, daemon=True,
                              name=f"webhook {ip}:{port}").start()
             self.listeners[(ip, port)] = server
+            self.issued_by[(ip, port)] = issuer.cert if issuer else None
             return True
 
 
@@ -140,6 +193,7 @@ def sync(api: Api, stand_in: StandIn, name: str, real_istiod: bool = False) -> N
     With ``real_istiod``, Services that select istiod pods are left to the real istiod
     the sandbox runs (``sandbox.istiod``): it serves them and patches its own caBundle.
     """
+    issuer = mesh_issuer(api)
     for kind in KINDS:
         for config in api.get(PATH + kind).get("items") or []:
             patches = []
@@ -158,11 +212,14 @@ def sync(api: Api, stand_in: StandIn, name: str, real_istiod: bool = False) -> N
                 if not ip or ip == "None" or not _service_port(svc, port):
                     continue
                 dns = f"{ref['name']}.{ref['namespace']}.svc"
-                if stand_in.serve(ip, port, dns):
+                if stand_in.serve(ip, port, dns, issuer):
                     print(f"{name}: serving webhook {dns}:{port} on {ip}", flush=True)
-                if hook["clientConfig"].get("caBundle") != stand_in.ca_bundle:
+                current = hook["clientConfig"].get("caBundle")
+                trusted = (trusts(current, issuer.root_pem) if issuer
+                           else current == stand_in.ca_bundle)
+                if not trusted:  # istiod's own bundle (the mesh root) is left as it is
                     patches.append({"name": hook["name"],
-                                    "clientConfig": {"caBundle": stand_in.ca_bundle}})
+                                    "clientConfig": {"caBundle": stand_in.bundle(issuer)}})
             if patches:
                 api.request("PATCH", PATH + f"{kind}/{config['metadata']['name']}",
                             {"webhooks": patches},
