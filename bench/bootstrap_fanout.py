@@ -30,7 +30,7 @@ import yaml
 
 from meshctl import config, topology
 from meshctl.errors import MeshctlError
-from meshctl.mesh import bootstrap
+from meshctl.mesh import bootstrap, flow
 from meshctl.sandbox import build as sandbox_build
 from meshctl.sandbox import lifecycle as sandbox
 
@@ -65,13 +65,62 @@ class Istioctl:
             return 0
 
 
+class PhaseClock:
+    """Seconds spent in each phase of the flow, from the ``step N/M … done`` lines.
+
+    A phase starts when the one before it ended (phases never overlap) and ends with its
+    last step, so the phases add up to the whole run.
+    """
+
+    def __init__(self, steps: list[flow.Step]) -> None:
+        self.phase_of = {i: s.phase for i, s in enumerate(steps, start=1)}
+        self.ends: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def progress(self, cluster: str, message: str) -> None:
+        del cluster
+        words = message.split()
+        if len(words) > 2 and words[0] == "step" and words[-1] == "done":
+            number = int(words[1].split("/")[0])
+            self.ends[self.phase_of[number]] = time.perf_counter()
+
+    def spent(self) -> dict[str, float]:
+        out, last = {}, self.start
+        for phase in dict.fromkeys(self.phase_of.values()):
+            end = self.ends.get(phase, last)
+            out[phase], last = end - last, end
+        return out
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+
+def settle(*, idle: float = 0.6, window: float = 1.0, timeout: float = 60.0) -> float:
+    """Wait until the machine is mostly idle for two windows running; the seconds waited.
+
+    A measurement must not pay for the previous one's leftovers (an istiod still
+    stopping, a namespace still being emptied): on 2 cores they cost seconds.
+    """
+    start, quiet = time.perf_counter(), 0
+    while time.perf_counter() - start < timeout and quiet < 2:
+        idle0, all0 = _cpu_times()
+        time.sleep(window)
+        idle1, all1 = _cpu_times()
+        quiet = quiet + 1 if (idle1 - idle0) >= idle * max(all1 - all0, 1) else 0
+    return time.perf_counter() - start
+
+
 def measure(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: bool,
             ctl: Istioctl) -> dict[str, float]:
     cfg = config.load(folder(base, sb, names, multi_network))
+    settled = settle()
     plan = topology.plan(cfg, names[0], names[1:])
     before = ctl.calls()
-    start = time.perf_counter()
-    first = bootstrap.run(cfg, plan)
+    clock = PhaseClock(flow.steps(cfg, plan))
+    start = clock.start
+    first = bootstrap.run(cfg, plan, progress=clock.progress)
     first_s = time.perf_counter() - start
     procs = ctl.calls() - before
     start = time.perf_counter()
@@ -81,7 +130,11 @@ def measure(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: bo
     bootstrap.teardown(cfg, plan)
     return {"first": first_s, "first_writes": first.mutations, "rerun": rerun_s,
             "rerun_writes": again.mutations, "teardown": time.perf_counter() - start,
-            "istioctl": procs}
+            "istioctl": procs, "settle": settled,
+            **{PHASE + k: v for k, v in clock.spent().items()}}
+
+
+PHASE = "phase: "
 
 
 def one_run(base: Path, bins: Path, count: int, multi_network: bool,
@@ -106,11 +159,17 @@ def report(runs: list[tuple[dict[str, float], dict[str, float]]], remotes: int) 
     for key, label in (("first", "first bootstrap, s"), ("rerun", "re-run, s"),
                        ("teardown", "teardown, s"), ("istioctl", "istioctl processes"),
                        ("first_writes", "writes, first run"),
+                       ("settle", "idle wait before, s"),
                        ("rerun_writes", "writes, re-run")):
         small = statistics.median(r[0][key] for r in runs)
         large = statistics.median(r[1][key] for r in runs)
         ratio = f"{large / small:>7.2f}x" if small else ""
         print(f"{label:28}{small:>16.1f}{large:>10.1f}{ratio}")
+    for key in (k for k in runs[0][1] if k.startswith(PHASE)):
+        small = statistics.median(r[0].get(key, 0.0) for r in runs)
+        large = statistics.median(r[1].get(key, 0.0) for r in runs)
+        ratio = f"{large / small:>7.2f}x" if small >= 0.05 else ""
+        print(f"{'  ' + key[len(PHASE):] + ', s':28}{small:>16.1f}{large:>10.1f}{ratio}")
     ratios = [r[1]["first"] / r[0]["first"] for r in runs]
     print(f"\n1+{remotes} vs 1+1, per run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
           f"median {statistics.median(ratios):.2f}x (target <= 1.5x)")

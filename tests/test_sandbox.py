@@ -10,6 +10,7 @@ Plus the sandbox tasks' flag checks, which need no binaries.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -98,6 +99,22 @@ def test_deployment_becomes_available_and_endpointslices_list_its_pods(
         return found if found == ips else None
 
     eventually(slice_ips, what="EndpointSlices of Service web listing both pod IPs")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.mark.sandbox
+def test_control_planes_collect_garbage_less_often(sandbox: SandboxHandle) -> None:
+    """GOGC is the sandbox's trade of memory for CPU (istiod's env comes from its pod)."""
+    wanted = sandbox_procs.go_env()["GOGC"]
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                      "kwok"):
+        pid = int(sandbox_procs.pid_file(sandbox.state_dir, "cluster1", component)
+                  .read_text())
+        assert _environ(pid).get("GOGC") == wanted, component
 
 
 @pytest.mark.sandbox
@@ -396,6 +413,15 @@ def test_sandbox_up_refuses_bad_flags(flags: list[str], mentions: str, tmp_path:
 
 
 # --- the kubelet the sandbox plays for istiod: pure parts, no cluster ----------------------
+
+def test_go_env_sets_the_collector_and_the_user_can_override_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHCTL_SANDBOX_GOGC", raising=False)
+    assert sandbox_procs.go_env()["GOGC"] == sandbox_procs.GOGC_DEFAULT == "200"
+    monkeypatch.setenv("MESHCTL_SANDBOX_GOGC", "100")
+    env = sandbox_procs.go_env()
+    assert env["GOGC"] == "100" and env["PATH"] == os.environ["PATH"]
+
 
 def test_volume_writes_are_atomic_swaps_as_kubelet_makes_them(tmp_path: Path) -> None:
     from meshctl.sandbox import pod as sandbox_pod
