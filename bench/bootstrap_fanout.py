@@ -205,6 +205,8 @@ def main() -> int:
                           f"{large['istioctl']:.0f} istioctl processes")
                 except MeshctlError as e:
                     print(f"  failed: {e}")
+                except Exception as e:  # a bug: still one line, and the next run goes on
+                    print(f"  failed: {type(e).__name__}: {e}")
         print(f"\nstress: {ok}/{args.repeat} bootstraps of 1+{args.remotes} succeeded")
         return 0 if ok == args.repeat else 1
     runs = []
@@ -215,6 +217,9 @@ def main() -> int:
                 small, large = one_run(Path(tmp), bins, count, multi)
             except MeshctlError as e:
                 print(f"  failed: {e}")
+                return 1
+            except Exception as e:  # a bug: still one line with its cause
+                print(f"  failed: {type(e).__name__}: {e}")
                 return 1
         assert small is not None
         print(f"  1+1 {small['first']:.1f}s ({small['istioctl']:.0f} istioctl), "

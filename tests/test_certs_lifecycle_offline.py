@@ -112,7 +112,7 @@ def test_root_key_is_never_pushed() -> None:
     with pytest.raises(UsageError, match="root's key"):
         # no client is needed: the refusal comes first (only .cluster is read)
         cacerts.apply(SimpleNamespace(cluster="c1"), bad,  # type: ignore[arg-type]
-                      backup_dir=Path("/nonexistent"))
+                      mesh_id="mesh1", backup_dir=Path("/nonexistent"))
 
 
 def test_status_with_unreachable_clusters_is_a_fail_row(tmp_path) -> None:

@@ -94,7 +94,8 @@ class Mesh:
     def push(self, bundle: certs.Bundle) -> str:
         """Replace a cluster's cacerts directly (the way an operator's mistake would)."""
         k = kube.client(self.cfg.clusters[bundle.cluster])
-        return cacerts.apply(k, bundle, force=True, backup_dir=self.tmp / "test-backups")
+        return cacerts.apply(k, bundle, mesh_id=self.cfg.mesh.mesh_id, force=True,
+                             backup_dir=self.tmp / "test-backups")
 
 
 def openssl_verify(root_pem: bytes, intermediate: x509.Certificate, leaf: x509.Certificate,

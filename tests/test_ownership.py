@@ -7,6 +7,7 @@ are counted by a proxy in front of each API server (meshctl's and istioctl's ali
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,52 @@ def test_existing_istio_system_comes_back_as_found(tmp_path: Path, shared) -> No
     finally:
         core.delete_namespace(NS)
         assert_torn_down(shared, ["cluster1", "cluster2"])
+
+
+def _kubectl_json(cluster, *args: str) -> dict:
+    got = kubectl(cluster, "get", *args, "-o", "json")
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)
+
+
+def test_what_certs_issue_makes_is_meshctls_and_goes_with_teardown(tmp_path: Path,
+                                                                   shared) -> None:
+    """certs.issue on clusters without istio-system creates it: as meshctl's (labels, then
+    adopted into bootstrap's record with its uid), so teardown removes it; the cacerts it
+    pushes carry the mesh label; and a cacerts under a root this machine replaced since
+    (``certs.init --force`` keeps the old one in ca.dir/backups/) is still meshctl's."""
+    folder = clusters_dir(tmp_path, shared, {}, {})
+    for argv in (["certs.init"], ["certs.issue"]):
+        done = run(shared, *argv, "--clusters-dir", str(folder))
+        assert done.returncode == 0, done.stderr[-2000:]
+    mesh_id = config.load(folder).mesh.mesh_id
+    wanted = {"app.kubernetes.io/managed-by": "meshctl", "meshctl.io/mesh": mesh_id}
+    uids = {}
+    for c in shared.clusters:  # what kubectl sees, not meshctl's own reading
+        ns = _kubectl_json(c, "namespace", NS)
+        assert ns["metadata"]["labels"].items() >= wanted.items(), ns["metadata"]
+        uids[c.name] = ns["metadata"]["uid"]
+        secret = _kubectl_json(c, "secret", "cacerts", "-n", NS)
+        assert secret["metadata"]["labels"] == wanted
+    up = run(shared, "bootstrap", *args(folder))
+    assert up.returncode == 0, up.stderr[-3000:]
+    for c in shared.clusters:
+        record = _kubectl_json(c, "configmap", "meshctl-install", "-n", NS)["data"]
+        assert json.loads(record["namespace"]) == {"created": True, "uid": uids[c.name]}
+        assert _kubectl_json(c, "namespace", NS)["metadata"]["labels"][
+            "topology.istio.io/network"] == "network1"
+    again = run(shared, "bootstrap", *args(folder))
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
+
+    replaced = run(shared, "certs.init", "--force", "--clusters-dir", str(folder))
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    down = run(shared, "teardown", *args(folder), "--yes")
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert "kept Secret istio-system/cacerts" not in down.stdout, down.stdout
+    assert_torn_down(shared, ["cluster1", "cluster2"])
+    for c in shared.clusters:
+        gone = kubectl(c, "get", "namespace", NS)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout
 
 
 def test_field_owned_by_another_manager(tmp_path: Path, shared, proxied) -> None:

@@ -388,7 +388,7 @@ def foreign_root(mesh: SandboxHandle) -> Iterator[None]:
     saved = _secret(mesh, 1, "cacerts")
     settings = config.load(mesh.clusters_dir).mesh.ca
     other = certs.make_intermediate(certs.make_root(settings), "cluster2", settings)
-    body = yaml.safe_load(cacerts.manifest(other))
+    body = yaml.safe_load(cacerts.manifest(other, "mesh1"))
     core = mesh[1].core()
     body["metadata"]["resourceVersion"] = saved.metadata.resource_version
     core.replace_namespaced_secret("cacerts", NS, body)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from meshctl import kube, render
+from meshctl import kube, ownership, render
 from meshctl.ca import backups, certs, pki
 from meshctl.errors import CheckFailed, UsageError
 
@@ -23,10 +23,13 @@ PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/cacerts"
 WHAT = "Secret istio-system/cacerts"
 
 
-def manifest(bundle: certs.Bundle) -> str:
+def _data(bundle: certs.Bundle) -> dict[str, str]:
+    return {name: base64.b64encode(content).decode() for name, content in bundle.files().items()}
+
+
+def manifest(bundle: certs.Bundle, mesh_id: str) -> str:
     """The ``istio-system/cacerts`` Secret; contains the intermediate key."""
-    data = {name: base64.b64encode(content).decode() for name, content in bundle.files().items()}
-    return render.render("cacerts.yaml.j2", data=data,
+    return render.render("cacerts.yaml.j2", data=_data(bundle), mesh_id=mesh_id,
                          root_fingerprint=pki.fingerprint(bundle.signing_root),
                          intermediate_serial=f"{bundle.ca_cert.serial_number:x}")
 
@@ -62,16 +65,19 @@ def difference(live: certs.Bundle, wanted: certs.Bundle) -> str:
     return "; ".join(parts) or "the key or chain bytes differ"
 
 
-def ensure_namespace(k: kube.Kube) -> None:
-    """``istio-system`` must exist before the Secret; create a bare one if it does not."""
+def ensure_namespace(k: kube.Kube, mesh_id: str) -> None:
+    """``istio-system`` must exist before the Secret: when it does not, create it as
+    meshctl's (its labels), so bootstrap later adopts it and teardown removes it."""
     if k.get(f"/api/v1/namespaces/{NAMESPACE}", what="read Namespace istio-system") is None:
         kube.ensure(k, {"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": NAMESPACE}})
+                        "metadata": {"name": NAMESPACE, "labels": ownership.labels(mesh_id)}})
 
 
-def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
+def apply(k: kube.Kube, bundle: certs.Bundle, *, mesh_id: str, force: bool = False,
           backup_dir: Path, live: Any = kube.UNREAD) -> str:
-    """Push ``bundle`` as ``cacerts``: created, unchanged, or replaced (only with ``force``).
+    """Push ``bundle`` as ``cacerts``: created, unchanged, labelled, or replaced (only
+    with ``force``).  "labelled": meshctl's own Secret from before it carried the mesh
+    label gets it, its data untouched.
 
     Raises :class:`CheckFailed` (exit 1) naming what differs when the cluster holds
     another CA and ``force`` is not given.
@@ -79,14 +85,18 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
     if any(pki.same_public_key(root, bundle.ca_key) for root in bundle.roots):
         # the one key that must never reach a cluster; cheap to make impossible
         raise UsageError(f"{k.cluster}: refusing to push {WHAT}: its ca-key.pem is a root's key")
-    wanted = yaml.safe_load(manifest(bundle))
+    wanted = yaml.safe_load(manifest(bundle, mesh_id))
     if live is kube.UNREAD:
         live = k.get(PATH, what=f"read {WHAT}")
     if live is None:
-        ensure_namespace(k)
+        ensure_namespace(k, mesh_id)
         kube.ensure(k, wanted, live=None)
         return "created"
     if (live.get("data") or {}) == wanted["data"]:
+        labels = (live.get("metadata") or {}).get("labels") or {}
+        if ownership.is_managed(live) and ownership.MESH not in labels:
+            kube.ensure(k, wanted, live=live)
+            return "labelled"
         return "unchanged"
     live_bundle = from_secret(k.cluster, live)
     what_differs = (difference(live_bundle, bundle) if live_bundle
@@ -103,8 +113,7 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, force: bool = False,
 
 def conflict(cluster: str, live: dict | None, bundle: certs.Bundle) -> str | None:
     """What an ``apply`` without force would refuse: ``None`` when it would go through."""
-    if live is None or (live.get("data") or {}) == yaml.safe_load(
-            manifest(bundle))["data"]:
+    if live is None or (live.get("data") or {}) == _data(bundle):
         return None
     live_bundle = from_secret(cluster, live)
     return (difference(live_bundle, bundle) if live_bundle
@@ -112,7 +121,7 @@ def conflict(cluster: str, live: dict | None, bundle: certs.Bundle) -> str | Non
 
 
 def apply_all(clients: dict[str, kube.Kube], bundles: dict[str, certs.Bundle], *,
-              force: bool = False, backup_dir: Path) -> dict[str, str]:
+              mesh_id: str, force: bool = False, backup_dir: Path) -> dict[str, str]:
     """Push every bundle, facts first: without ``force``, any cluster holding another CA
     stops the whole push before the first write, naming every such cluster."""
     live = {name: clients[name].get(PATH, what=f"read {WHAT}") for name in bundles}
@@ -124,5 +133,5 @@ def apply_all(clients: dict[str, kube.Kube], bundles: dict[str, certs.Bundle], *
             raise CheckFailed(f"{WHAT} holds another CA on {', '.join(conflicts)} ({detail}); "
                               "nothing was pushed",
                               hint="--force replaces them after saving the current ones locally")
-    return {name: apply(clients[name], bundles[name], force=force, backup_dir=backup_dir,
-                        live=live[name]) for name in bundles}
+    return {name: apply(clients[name], bundles[name], mesh_id=mesh_id, force=force,
+                        backup_dir=backup_dir, live=live[name]) for name in bundles}

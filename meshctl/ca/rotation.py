@@ -235,7 +235,7 @@ def run_step(config: Config, step: int, *, clients: Mapping[str, kube.Kube] | No
             continue
         bundle = bundles[name]
         certs.replace_bundle(settings, bundle)
-        outcome = cacerts.apply(clients[name], bundle, force=True,
+        outcome = cacerts.apply(clients[name], bundle, mesh_id=config.mesh.mesh_id, force=True,
                                 backup_dir=certs.backups_dir(settings))
         say(f"{name}: step {step}: {outcome}")
         results.append(ClusterResult(name, True, _describe(step, bundle, outcome)))
@@ -318,7 +318,8 @@ def rotate_intermediate(config: Config, cluster: str, *,
     before = live or local
     bundle = certs.make_intermediate(root, cluster, settings)
     certs.replace_bundle(settings, bundle)
-    outcome = cacerts.apply(k, bundle, force=True, backup_dir=certs.backups_dir(settings))
+    outcome = cacerts.apply(k, bundle, mesh_id=config.mesh.mesh_id, force=True,
+                            backup_dir=certs.backups_dir(settings))
     return IntermediateRotation(
         cluster=cluster, old_serial=f"{before.ca_cert.serial_number:x}" if before else None,
         new_serial=f"{bundle.ca_cert.serial_number:x}",

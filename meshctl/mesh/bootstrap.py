@@ -78,7 +78,7 @@ def dry_run(config: Config, plan: Plan, out: Path) -> DryRun:
             mode = files.PRIVATE if name == certs.CA_KEY else files.PUBLIC
             payload[out / c.name / name] = (data, mode)
         payload[out / c.name / "cacerts.yaml"] = (
-            cacerts.manifest(bundle).encode(), files.PRIVATE)
+            cacerts.manifest(bundle, config.mesh.mesh_id).encode(), files.PRIVATE)
         for name, text in manifests.for_cluster(config, plan, c).items():
             payload[out / c.name / name] = (text.encode(), files.PUBLIC)
 

@@ -146,7 +146,7 @@ def _namespace(cp: ClusterPlan) -> Action:
 
 def _cacerts(name: str) -> Action:
     def do(live: Live) -> None:
-        result = cacerts.apply(live.clients[name], live.bundles[name],
+        result = cacerts.apply(live.clients[name], live.bundles[name], mesh_id=live.plan.mesh_id,
                                backup_dir=certs.backups_dir(live.config.mesh.ca),
                                live=live.facts().cacerts[name])
         if result != "unchanged":

@@ -121,7 +121,8 @@ def prepare_namespace(k: kube.Kube, cp: ClusterPlan, mesh_id: str, *,
                       force: bool = False) -> list[str]:
     """``istio-system`` with the cluster's network (and control plane) on it.
 
-    Absent: created as meshctl's, its uid recorded.  Meshctl's already: kept in line.
+    Absent: created as meshctl's, its uid recorded.  Meshctl's already: kept in line, and
+    its uid recorded if no record has it yet (``certs.issue`` made it before any install).
     Someone else's: only the label and annotation meshctl needs are applied, after the
     record has kept their previous values (once: a re-run must not record meshctl's own
     values as "previous"), so teardown can put them back exactly.
@@ -132,7 +133,7 @@ def prepare_namespace(k: kube.Kube, cp: ClusterPlan, mesh_id: str, *,
         result = kube.ensure(k, wanted, live=live, force=force)
         if result == "unchanged":
             return []
-        if live is None:
+        if live is None or REC_NAMESPACE not in recorded(k):
             made = k.get(NS_PATH, what=f"read Namespace {NS}") or {"metadata": {}}
             record(k, mesh_id, {REC_NAMESPACE: json.dumps(
                 {"created": True, "uid": made["metadata"].get("uid")})})

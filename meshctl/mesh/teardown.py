@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl import istio, kube, manifests, ownership
-from meshctl.ca import cacerts, certs, pki
+from meshctl.ca import cacerts, pki, rotation_state
 from meshctl.config import Config
 from meshctl.kube import Kube
 from meshctl.mesh import install, remote_secret
@@ -115,13 +115,13 @@ def _cacerts(k: Kube, config: Config, report: Report) -> None:
     if live is None:
         return
     bundle = cacerts.from_secret(k.cluster, live)
-    ours = set()
-    if certs.root_exists(config.mesh.ca):
-        ours.add(pki.fingerprint(certs.load_root(config.mesh.ca).cert))
     theirs = {pki.fingerprint(r) for r in bundle.roots} if bundle else set()
-    if not ownership.is_managed(live) or not theirs or not theirs <= ours:
-        report.kept.append(f"{cacerts.WHAT}: its root is not this machine's CA in "
-                           f"{config.mesh.ca.dir}")
+    # this machine's roots: the current one, a rotation's pending one, every backed-up one
+    # (a cluster left on a root from before a rotation still holds meshctl's Secret)
+    ours = {fp for fp in theirs if rotation_state.find_root(config.mesh.ca, fp) is not None}
+    if not ownership.is_managed(live) or not theirs or theirs != ours:
+        report.kept.append(f"{cacerts.WHAT}: its root is none of this machine's CAs in "
+                           f"{config.mesh.ca.dir} (current, pending or backed up)")
         return
     if kube.delete(k, live | {"apiVersion": "v1", "kind": "Secret"}):
         report.removed.append(cacerts.WHAT)

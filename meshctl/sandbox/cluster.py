@@ -30,16 +30,8 @@ from meshctl.ca import pki
 from meshctl.errors import ClusterError, UsageError
 from meshctl.sandbox.api import Api
 from meshctl.sandbox.kwok import established, install_crds, kwok_argv, node_body
-from meshctl.sandbox.procs import (
-    Proc,
-    WaitTimeout,
-    alive,
-    exit_code,
-    go_env,
-    spawn,
-    tail,
-    wait_for,
-)
+from meshctl.sandbox import procs
+from meshctl.sandbox.procs import Proc, WaitTimeout, alive, exit_code, spawn, tail, wait_for
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 PKI_KEY = "ecdsa-p256"
@@ -344,7 +336,7 @@ class _Starter:
     def spawn(self, component: str, argv: list[str]) -> Proc:
         if self.cancel.is_set():  # another cluster failed or Ctrl-C: start nothing more
             raise ComponentFailed(f"{self.p.name}: start cancelled before {component}")
-        proc = spawn(self.p.state_dir, self.p.name, component, argv, env=go_env())
+        proc = spawn(self.p.state_dir, self.p.name, component, argv, env=procs.go_env())
         self.procs.append(proc)
         return proc
 

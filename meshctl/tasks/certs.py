@@ -54,7 +54,7 @@ def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
     if no_apply:
         return
     clients = {name: kube.client(cfg.clusters[name]) for name in names}
-    outcomes = cacerts.apply_all(clients, bundles, force=force,
+    outcomes = cacerts.apply_all(clients, bundles, mesh_id=cfg.mesh.mesh_id, force=force,
                                  backup_dir=certs.backups_dir(cfg.mesh.ca))
     for name, outcome in outcomes.items():
         report.out.print(f"{name}: {cacerts.WHAT} {outcome}")

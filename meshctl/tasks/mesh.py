@@ -111,8 +111,10 @@ def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_prefligh
     outcome = flow.run(cfg, plan, skip_preflight=skip_preflight, force=force,
                        progress=report.progress)
     for change in outcome.changes:
-        if "took over" in change:
-            report.err.print(f"warning: --force: {change}", markup=False, highlight=False)
+        if "took over" in change:  # said, never silent; only --force's when it was given
+            why = ("--force: " if force else
+                   "another writer had changed meshctl's own object, now put back: ")
+            report.err.print(f"warning: {why}{change}", markup=False, highlight=False)
     if outcome.mutations == 0:
         report.out.print("nothing to do: every cluster already matches the plan")
     else:
