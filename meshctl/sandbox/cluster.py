@@ -28,9 +28,9 @@ from typing import Any
 from meshctl import files
 from meshctl.ca import pki
 from meshctl.errors import ClusterError, UsageError
+from meshctl.sandbox import procs
 from meshctl.sandbox.api import Api
 from meshctl.sandbox.kwok import established, install_crds, kwok_argv, node_body
-from meshctl.sandbox import procs
 from meshctl.sandbox.procs import Proc, WaitTimeout, alive, exit_code, spawn, tail, wait_for
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
