@@ -144,6 +144,17 @@ def test_what_certs_issue_makes_is_meshctls_and_goes_with_teardown(tmp_path: Pat
     again = run(shared, "bootstrap", *args(folder))
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
 
+    # a cacerts from before the mesh label (simulated: label removed) gets it, data untouched
+    c1 = shared["cluster1"]
+    assert kubectl(c1, "label", "secret", "cacerts", "-n", NS, "meshctl.io/mesh-")\
+        .returncode == 0
+    before = _kubectl_json(c1, "secret", "cacerts", "-n", NS)
+    relabel = run(shared, "certs.issue", "--cluster", "cluster1", "--clusters-dir", str(folder))
+    assert relabel.returncode == 0, relabel.stderr[-2000:]
+    assert "cacerts labelled" in relabel.stdout, relabel.stdout
+    after = _kubectl_json(c1, "secret", "cacerts", "-n", NS)
+    assert after["metadata"]["labels"] == wanted and after["data"] == before["data"]
+
     replaced = run(shared, "certs.init", "--force", "--clusters-dir", str(folder))
     assert replaced.returncode == 0, replaced.stderr[-2000:]
     down = run(shared, "teardown", *args(folder), "--yes")
