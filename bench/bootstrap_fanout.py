@@ -67,6 +67,14 @@ class Istioctl:
             return 0
 
 
+PHASE = "phase: "  # key prefix of the per-phase seconds in a measurement
+
+
+def failure(e: Exception) -> str:
+    """A failed run as one line: meshctl's own message, or a bug's type and message."""
+    return str(e) if isinstance(e, MeshctlError) else f"{type(e).__name__}: {e}"
+
+
 class PhaseClock:
     """Seconds spent in each phase of the flow, from the ``step N/M … done`` lines.
 
@@ -135,8 +143,6 @@ def measure(base: Path, sb: sandbox.Sandbox, names: list[str], multi_network: bo
             "istioctl": procs, "settle": settled,
             **{PHASE + k: v for k, v in clock.spent().items()}}
 
-
-PHASE = "phase: "
 
 
 def one_run(base: Path, bins: Path, count: int, multi_network: bool,
@@ -207,10 +213,8 @@ def main() -> int:
                     ok += 1
                     print(f"  1+{args.remotes}: {large['first']:.1f}s, "
                           f"{large['istioctl']:.0f} istioctl processes")
-                except MeshctlError as e:
-                    print(f"  failed: {e}")
-                except Exception as e:  # a bug: still one line, and the next run goes on
-                    print(f"  failed: {type(e).__name__}: {e}")
+                except Exception as e:  # one line each, and the next run goes on
+                    print(f"  failed: {failure(e)}")
         print(f"\nstress: {ok}/{args.repeat} bootstraps of 1+{args.remotes} succeeded")
         return 0 if ok == args.repeat else 1
     runs = []
@@ -219,11 +223,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="meshctl-bench-") as tmp:
             try:
                 small, large = one_run(Path(tmp), bins, count, multi)
-            except MeshctlError as e:
-                print(f"  failed: {e}")
-                return 1
-            except Exception as e:  # a bug: still one line with its cause
-                print(f"  failed: {type(e).__name__}: {e}")
+            except Exception as e:  # one line with its cause, never a traceback
+                print(f"  failed: {failure(e)}")
                 return 1
         assert small is not None
         print(f"  1+1 {small['first']:.1f}s ({small['istioctl']:.0f} istioctl), "
