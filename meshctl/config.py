@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from kubernetes.utils import parse_quantity
 
+from meshctl import durations
 from meshctl.ca import pki
 from meshctl.errors import ConfigError, UsageError
 
@@ -34,7 +35,10 @@ CLUSTER_REQUIRED = ("name", "context", "network")
 MESH_KEYS = {"meshID", "trustDomain", "istio", "ca"}
 ISTIO_KEYS = {"revision", "values", "sidecar"}
 RESOURCE_KEYS = {"cpu", "memory"}
-CA_KEYS = {"dir", "key", "rootDays", "intermediateDays", "organization"}
+CA_KEYS = {"dir", "key", "rootDays", "intermediateDays", "organization", "workloadCertTTL"}
+# Istio's DEFAULT_WORKLOAD_CERT_TTL (and a proxy's SECRET_TTL): how long a workload
+# certificate issued under an old intermediate may still be in use.
+WORKLOAD_CERT_TTL = "24h"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class CASettings:
     root_days: int = 3650
     intermediate_days: int = 730
     organization: str = "meshctl"
+    # seconds; root rotation waits this long after step 2 before step 3 may drop the old root
+    workload_cert_ttl: float = durations.parse(WORKLOAD_CERT_TTL)
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,19 @@ def _positive_int(path: Path, key: str, value: Any, default: int) -> int:
     return value
 
 
+def _duration(path: Path, key: str, value: Any, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        seconds = durations.parse(value)
+    except ValueError:
+        raise ConfigError(f"{path}: key '{key}': {value!r} is not a duration with a unit "
+                          "(e.g. 24h, 90m, 1h30m)") from None
+    if seconds <= 0:
+        raise ConfigError(f"{path}: key '{key}' must be longer than 0, got {value!r}")
+    return seconds
+
+
 def _quantity(path: Path, key: str, value: Any, default: str) -> str:
     if value is None:
         return default
@@ -301,6 +320,8 @@ def load_mesh(path: Path) -> Mesh:
                           f"'ca.rootDays' ({root_days}): an intermediate cannot outlive its root")
     ca_dir = _string(path, "ca.dir", ca_raw.get("dir")) or str(CASettings.dir)
     organization = _string(path, "ca.organization", ca_raw.get("organization")) or "meshctl"
+    workload_ttl = _duration(path, "ca.workloadCertTTL", ca_raw.get("workloadCertTTL"),
+                             CASettings.workload_cert_ttl)
     return Mesh(
         mesh_id=mesh_id,
         source=path,
@@ -308,7 +329,8 @@ def load_mesh(path: Path) -> Mesh:
         istio=IstioSettings(revision=revision, values=MappingProxyType(dict(values)),
                             sidecar=sidecar),
         ca=CASettings(dir=Path(ca_dir).expanduser(), key=key, root_days=root_days,
-                      intermediate_days=inter_days, organization=organization),
+                      intermediate_days=inter_days, organization=organization,
+                      workload_cert_ttl=workload_ttl),
     )
 
 

@@ -20,7 +20,7 @@ from tests.factories import REPO
 MESHCTL = REPO / "meshctl"
 LAYERS: list[set[str]] = [
     {"errors", "files", "ownership", "render", "report", "tables", "verdicts", "versions",
-     "ca.pki"},
+     "ca.pki", "durations", "envvars"},
     {"config"},
     {"topology"},
     {"kube", "istio"},
@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"verify"},
     {"tasks", "cli"},
 ]
-SANDBOX_MAY_USE = {"errors", "files", "ca.pki", "sandbox"}
+SANDBOX_MAY_USE = {"errors", "files", "ca.pki", "envvars", "sandbox"}
 MAX_LINES = 400
 
 
