@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import random
+import signal
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,16 @@ from kubernetes import client as k8s
 
 from meshctl import config, manifests, verify
 from meshctl.ca import cacerts, certs
+from meshctl.errors import ClusterError
+from meshctl.kube import inventory
 from meshctl.topology import Plan
 from meshctl.verify import curl as verify_curl
+from meshctl.verify import ledger as verify_ledger
+from meshctl.verify import sizing
+from tests.api_proxy import Fault
 from tests.factories import assert_one_line_error, meshctl, two_networks
 from tests.sandbox_fixtures import SandboxFactory, SandboxHandle
-from tests.traffic_sandbox import bootstrapped
+from tests.traffic_sandbox import Running, bootstrapped, identity, kubectl, via_proxy
 
 NS = "istio-system"
 
@@ -205,7 +215,7 @@ def test_sample_manifests_v1_and_curl_on_main_v2_on_remote(tmp_path: Path) -> No
                            mesh_id="m")
     assert yaml.safe_load(rev)["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "meshctl", "meshctl.io/mesh": "m",
-        "istio.io/rev": "1-31"}
+        "meshctl.io/purpose": "verify", "istio.io/rev": "1-31"}
     assert verify.target("other") == "helloworld.other:5000/hello"
 
 
@@ -505,3 +515,437 @@ def test_a_namespace_meshctl_does_not_own_is_refused(
     with pytest.raises(k8s.ApiException) as info:  # nothing was written on cluster2 either
         mesh[1].core().read_namespace("sample")
     assert info.value.status == 404
+
+
+# --- issue 21 item 12: the request count is sized for a stated false-failure rate --------
+
+
+@pytest.mark.parametrize("endpoints,target,count", [
+    (1, Fraction(1, 1000), 1),
+    (2, Fraction(1, 1000), 11),   # 2^-10 <= 0.1 % < 2^-9
+    (3, Fraction(1, 1000), 20),
+    (4, Fraction(1, 1000), 29),
+    (5, Fraction(1, 1000), 39),   # 1 main + 4 remotes: was 10, which misses one run in two
+    (10, Fraction(1, 1000), 88),
+    (2, Fraction(1, 100), 8),
+    (5, Fraction(1, 2), 10),
+], ids=lambda v: str(v))
+def test_request_count_is_the_smallest_that_meets_the_target(endpoints: int, target: Fraction,
+                                                             count: int) -> None:
+    assert sizing.requests_for(endpoints, target) == count
+    assert sizing.miss_chance(endpoints, count) <= target
+    if count > 1:
+        assert sizing.miss_chance(endpoints, count - 1) > target
+
+
+@pytest.mark.parametrize("endpoints,requests,chance", [
+    (1, 1, Fraction(0)),
+    (2, 1, Fraction(1)),           # fewer requests than endpoints: always a miss
+    (2, 10, Fraction(1, 512)),     # 2 (1/2)^10
+    (3, 3, Fraction(7, 9)),        # 1 - 3!/3^3
+    (4, 4, Fraction(29, 32)),      # 1 - 4!/4^4
+    (3, 5, Fraction(3 * 2**5 - 3, 3**5)),  # C(3,1) 2^5 - C(3,2) 1^5, over 3^5
+], ids=lambda v: str(v))
+def test_miss_chance_is_exact_inclusion_exclusion(endpoints: int, requests: int,
+                                                  chance: Fraction) -> None:
+    assert sizing.miss_chance(endpoints, requests) == chance
+
+
+def test_miss_chance_of_the_old_fixed_ten_requests() -> None:
+    """The bug: 10 requests to 1 main + 4 remotes fail a healthy mesh about one run in two;
+    the sized count brings that under 0.1 %."""
+    assert 0.47 < float(sizing.miss_chance(5, 10)) < 0.48
+    assert sizing.request_count(5) == 39
+    assert sizing.miss_chance(5, sizing.request_count(5)) <= sizing.TARGET
+    assert sizing.request_count(5, 10) == 10  # --requests given: it wins
+
+
+def test_union_bound_above_the_exact_limit_is_an_upper_bound() -> None:
+    k = sizing.EXACT_UP_TO + 1
+    n = sizing.requests_for(k)
+    exact = Fraction(sum((-1) ** (j + 1) * math.comb(k, j) * (k - j) ** n for j in range(1, k)),
+                     k ** n)
+    assert exact <= sizing.miss_chance(k, n) <= sizing.TARGET
+
+
+@pytest.mark.parametrize("endpoints,requests", [(5, 20), (3, 8), (2, 4)],
+                         ids=["5-endpoints-20", "3-endpoints-8", "2-endpoints-4"])
+def test_miss_chance_matches_a_simulation(endpoints: int, requests: int) -> None:
+    """Uniform draws with a fixed seed: the share of runs that miss an endpoint is within
+    four standard deviations of the formula."""
+    rng = random.Random(20211221)
+    trials = 20_000
+    missed = sum(len({rng.randrange(endpoints) for _ in range(requests)}) < endpoints
+                 for _ in range(trials))
+    p = float(sizing.miss_chance(endpoints, requests))
+    assert abs(missed / trials - p) <= 4 * math.sqrt(p * (1 - p) / trials), (missed, p)
+
+
+@pytest.mark.parametrize("chance,text", [
+    (Fraction(1, 1024), "< 0.098 %"),
+    (Fraction(1, 512), "< 0.2 %"),
+    (Fraction(1, 2), "< 51 %"),  # strictly above, never "< 50 %" for exactly 50 %
+    (sizing.miss_chance(5, 10), "< 48 %"),
+    (Fraction(1, 10**12), "< 1.1e-10 %"),
+    (Fraction(0), "0 %"),
+    (Fraction(1), "100 %"),
+], ids=["2^-10", "2^-9", "half", "5-clusters-10-requests", "tiny", "zero", "certain"])
+def test_chance_text_never_understates(chance: Fraction, text: str) -> None:
+    assert sizing.chance_text(chance) == text
+
+
+def test_luck_line_and_json_carry_the_rate() -> None:
+    traffic = verify.Traffic(True, "cluster1/meshctl-verify/curl-1", 11, 11, endpoints=2)
+    assert traffic.luck_line() == ("sent 11 requests: chance that a healthy mesh misses a "
+                                   "cluster by bad luck < 0.098 %")
+    doc = traffic.to_json()
+    assert doc["endpoints"] == 2 and doc["missChance"] == 2 ** -10
+    # an explicit --requests: the rate is the one for that count
+    assert verify.Traffic(True, "c", 10, 10, endpoints=5).luck_line().endswith("< 48 %")
+    # not checked: no requests ran, so no sentence about them; the rate stays in JSON
+    unchecked = verify.Traffic(False, None, 11, 0, endpoints=2, reason="no exec")
+    assert unchecked.luck_line() is None and unchecked.to_json()["missChance"] == 2 ** -10
+    result = verify.Result("cluster1", ("cluster2",), (), traffic,
+                           cleanup_kept=("cluster1: Namespace meshctl-verify: it holds …",))
+    assert result.notes() == [traffic.luck_line(),
+                              "kept cluster1: Namespace meshctl-verify: it holds …"]
+    assert result.to_json()["cleanupKept"] == ["cluster1: Namespace meshctl-verify: it holds …"]
+    assert result.to_json()["schema"] == "meshctl.verify/v1"  # keys added, none changed
+
+
+# --- issue 21 item 5: whose namespace, and what else is in it (pure) ---------------------
+
+OURS = {"app.kubernetes.io/managed-by": "meshctl", "meshctl.io/mesh": "mesh1"}
+VERIFYS = {**OURS, "meshctl.io/purpose": "verify"}
+
+
+@pytest.mark.parametrize("labels,needle", [
+    (None, None),
+    (VERIFYS, None),
+    ({**VERIFYS, "istio-injection": "enabled", "team": "x"}, None),
+    ({"team": "payments"}, "exists and was not made by meshctl"),
+    ({**VERIFYS, "meshctl.io/mesh": "mesh2"},
+     "was made by meshctl for mesh 'mesh2', not for this mesh 'mesh1'"),
+    ({"app.kubernetes.io/managed-by": "meshctl", "meshctl.io/purpose": "verify"},
+     "for no mesh (no meshctl.io/mesh label)"),
+    (OURS, "made by meshctl for this mesh, but not as verify's sample namespace"),
+    ({**VERIFYS, "app.kubernetes.io/managed-by": "Helm"}, "exists and was not made by meshctl"),
+], ids=["absent", "verifys", "verifys-with-more-labels", "unlabelled", "another-mesh",
+        "no-mesh-label", "meshctl-not-verify", "managed-by-helm"])
+def test_which_namespace_verify_may_use(labels: dict | None, needle: str | None) -> None:
+    live = None if labels is None else {"metadata": {"name": "ns", "labels": labels}}
+    problem = verify_ledger.namespace_problem(live, cluster="cluster2", namespace="ns",
+                                               mesh_id="mesh1")
+    if needle is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith("cluster2: Namespace ns ")
+        assert needle in problem
+
+
+def _obj(kind: str, name: str, uid: str, owner: str | None = None, **meta: Any) -> dict:
+    refs = [{"uid": owner, "kind": "X", "name": "x"}] if owner else []
+    return {"kind": kind, "metadata": {"name": name, "uid": uid, "ownerReferences": refs,
+                                       **meta}}
+
+
+def test_strangers_are_what_neither_verify_nor_the_cluster_made() -> None:
+    objects = [
+        _obj("Deployment", "helloworld-v1", "dep"),
+        _obj("ReplicaSet", "helloworld-v1-abc", "rs", owner="dep"),
+        _obj("Pod", "helloworld-v1-abc-xyz", "pod", owner="rs"),
+        _obj("Service", "helloworld", "svc"),
+        _obj("EndpointSlice", "helloworld-q7", "es", owner="svc"),
+        _obj("Endpoints", "helloworld", "ep"),
+        _obj("ConfigMap", "kube-root-ca.crt", "c1"),
+        _obj("ConfigMap", "istio-ca-root-cert", "c2"),
+        _obj("ServiceAccount", "default", "sa"),
+        _obj("Event", "helloworld-v1.17a", "ev"),
+        _obj("Pod", "going", "p2", deletionTimestamp="2026-01-01T00:00:00Z"),
+        _obj("ConfigMap", "stranger", "c3"),
+        _obj("Widget", "stranger-widget", "w1"),
+        _obj("Pod", "theirs", "p3", owner="their-rs"),
+        _obj("Endpoints", "their-service", "ep2"),
+    ]
+    left = inventory.strangers(objects, ["dep", "svc"],
+                               also_ours=verify_ledger._endpoints_of({"helloworld"}))
+    assert [inventory.describe(o) for o in left] == [
+        "ConfigMap stranger", "Widget stranger-widget", "Pod theirs", "Endpoints their-service"]
+
+
+# --- issue 21 item 5 on the sandbox: strangers survive, errors and Ctrl-C clean up --------
+
+NSV = verify.DEFAULT_NAMESPACE
+WIDGETS = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.test"},
+    "spec": {"group": "example.test", "scope": "Namespaced",
+             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                 "openAPIV3Schema": {"type": "object",
+                                     "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def _gone_or_terminating(mesh: SandboxHandle, cluster: int, namespace: str) -> bool:
+    try:
+        ns = mesh[cluster].core().read_namespace(namespace)
+    except k8s.ApiException as e:
+        assert e.status == 404
+        return True
+    return ns.status.phase == "Terminating"
+
+
+def _delete_namespace(mesh: SandboxHandle, cluster: int, namespace: str) -> None:
+    kubectl(mesh[cluster], "delete", "namespace", namespace, "--ignore-not-found",
+            "--wait=true", "--timeout=120s")
+
+
+@pytest.fixture
+def widget_crd(mesh: SandboxHandle, tmp_path: Path) -> Iterator[None]:
+    """A team's own CRD on cluster1: a kind no fixed list of verify's could know."""
+    path = tmp_path / "widgets.yaml"
+    path.write_text(yaml.safe_dump(WIDGETS))
+    kubectl(mesh[0], "apply", "-f", str(path))
+    kubectl(mesh[0], "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/widgets.example.test")
+    yield
+    _delete_namespace(mesh, 0, NSV)
+    kubectl(mesh[0], "delete", "crd", "widgets.example.test", "--ignore-not-found")
+
+
+@pytest.mark.sandbox
+def test_strangers_put_into_the_namespace_during_the_run_survive(
+        mesh: SandboxHandle, tmp_path: Path, widget_crd: None) -> None:
+    """A ConfigMap and a custom resource that someone puts into meshctl-verify while verify
+    runs keep their uid and resourceVersion, and so the namespace stays; verify's own
+    objects go.  No --requests: the count is sized (2 clusters: 11, rate 2^-10)."""
+    running = Running("verify", "--main", "cluster1", "--remote", "cluster2", "--json",
+                      "--timeout", "90", "--clusters-dir", str(mesh.clusters_dir),
+                      env=mesh.env())
+    try:
+        assert running.wait_for_line(f"cluster1: sample apps in namespace {NSV}", 180), \
+            "".join(running.err)
+        kubectl(mesh[0], "-n", NSV, "create", "configmap", "stranger",
+                "--from-literal=owner=payments")
+        widget = tmp_path / "widget.yaml"
+        widget.write_text(yaml.safe_dump({"apiVersion": "example.test/v1", "kind": "Widget",
+                                          "metadata": {"name": "stranger-widget",
+                                                       "namespace": NSV},
+                                          "spec": {"size": 3}}))
+        kubectl(mesh[0], "apply", "-f", str(widget))
+        before = {"cm": identity(mesh[0], "configmap", "stranger", NSV),
+                  "widget": identity(mesh[0], "widget", "stranger-widget", NSV)}
+        ns_before = identity(mesh[0], "namespace", NSV)
+    finally:
+        code, out, err = running.finish(600)
+    assert code == 1, err[-3000:]  # the sandbox cannot carry traffic
+    assert "Traceback" not in err
+    doc = json.loads(out)
+    traffic = doc["traffic"]
+    assert (traffic["requests"], traffic["endpoints"], traffic["missChance"]) == (11, 2, 2**-10)
+    [kept] = [k for k in doc["cleanupKept"] if k.startswith(f"cluster1: Namespace {NSV}")]
+    assert "it holds 2 object(s) verify did not make" in kept
+    assert "ConfigMap stranger" in kept and "Widget stranger-widget" in kept
+    assert {f"cluster1: Deployment {NSV}/helloworld-v1", f"cluster1: Deployment {NSV}/curl",
+            f"cluster1: Service {NSV}/helloworld", f"cluster1: ServiceAccount {NSV}/curl",
+            f"cluster2: Namespace {NSV}"} <= set(doc["cleanup"])
+    # the strangers, as kubectl reads them: same uid, same resourceVersion
+    assert {"cm": identity(mesh[0], "configmap", "stranger", NSV),
+            "widget": identity(mesh[0], "widget", "stranger-widget", NSV)} == before
+    assert identity(mesh[0], "namespace", NSV) == ns_before
+    assert mesh[0].core().read_namespace(NSV).status.phase == "Active"
+    assert not mesh[0].apps().list_namespaced_deployment(NSV).items
+    assert not mesh[0].core().list_namespaced_service(NSV).items
+    assert _gone_or_terminating(mesh, 1, NSV)  # nothing else was in cluster2's
+    assert f"kept Namespace {NSV}: it holds 2 object(s)" in err  # said on stderr too
+
+
+@pytest.mark.sandbox
+def test_an_error_mid_run_still_cleans_up(mesh: SandboxHandle, tmp_path: Path) -> None:
+    """The API refuses (403) to list the samples' pods once they are deployed: verify
+    stops with that one error (exit 3), and what it deployed is gone all the same."""
+    fault = Fault("GET", rf"^/api/v1/namespaces/{NSV}/pods$", 403)
+    folder, proxy = via_proxy(mesh, tmp_path, "cluster1", [fault])
+    try:
+        result = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", "--requests",
+                         "2", "--timeout", "90", "--clusters-dir", str(folder), env=mesh.env())
+    finally:
+        proxy.stop()
+    assert fault.fired == 1, result.stderr[-2000:]
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cluster1: ") and "injected by the test proxy" in last
+    assert "cluster1: removed 5 sample objects" in result.stderr  # 4 and the namespace
+    assert "cluster2: removed 3 sample objects" in result.stderr
+    assert _sample_gone(mesh)
+
+
+@pytest.mark.sandbox
+def test_ctrl_c_mid_run_still_cleans_up(mesh: SandboxHandle) -> None:
+    running = Running("verify", "--main", "cluster1", "--remote", "cluster2", "--requests",
+                      "2", "--timeout", "90", "--clusters-dir", str(mesh.clusters_dir),
+                      env=mesh.env())
+    try:
+        assert running.wait_for_line(f"cluster2: sample apps in namespace {NSV}", 180), \
+            "".join(running.err)
+        assert mesh[1].apps().list_namespaced_deployment(NSV).items  # really deployed
+        running.proc.send_signal(signal.SIGINT)
+    finally:
+        code, _, err = running.finish(300)
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    assert "cluster1: removed 5 sample objects" in err  # 4 and the namespace
+    assert "cluster2: removed 3 sample objects" in err
+    assert _sample_gone(mesh)
+
+
+# Namespaces verify must refuse (exit 1, one line, nothing touched), as the bad-input
+# catalogue has them: each made on cluster2 only, with a ConfigMap of its owner's in it
+# (istio-system: bootstrap's, on both clusters, with the install record in it).
+FOREIGN = [
+    ("another-mesh", "mesh2-samples", {**VERIFYS, "meshctl.io/mesh": "mesh2"},
+     "was made by meshctl for mesh 'mesh2', not for this mesh 'mesh1'"),
+    ("no-mesh-label", "old-samples", {"app.kubernetes.io/managed-by": "meshctl",
+                                      "meshctl.io/purpose": "verify"},
+     "was made by meshctl for no mesh (no meshctl.io/mesh label)"),
+    ("meshctl-not-verify", "meshctl-other", OURS,
+     "was made by meshctl for this mesh, but not as verify's sample namespace"),
+    ("managed-by-helm", "helm-samples", {**VERIFYS, "app.kubernetes.io/managed-by": "Helm"},
+     "exists and was not made by meshctl"),
+    ("istio-system", "istio-system", None,
+     "was made by meshctl for this mesh, but not as verify's sample namespace"),
+]
+
+
+def _snapshot(mesh: SandboxHandle, cluster: int, namespace: str) -> dict[str, Any]:
+    """The namespace and the ConfigMap its owner keeps there (istiod's leader-election
+    ConfigMaps in istio-system change by themselves, so not every ConfigMap)."""
+    core = mesh[cluster].core()
+    ns = core.read_namespace(namespace)
+    cm = core.read_namespaced_config_map(
+        "meshctl-install" if namespace == "istio-system" else "team-settings", namespace)
+    return {"namespace": (ns.metadata.uid, ns.metadata.resource_version, ns.metadata.labels),
+            "configmap": (cm.metadata.uid, cm.metadata.resource_version, cm.data)}
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("name,labels,needle", [c[1:] for c in FOREIGN],
+                         ids=[c[0] for c in FOREIGN])
+def test_a_namespace_that_is_not_verifys_for_this_mesh_is_refused(
+        mesh: SandboxHandle, name: str, labels: dict | None, needle: str) -> None:
+    core = mesh[1].core()
+    if labels is not None:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name,
+                                                                         labels=labels)))
+        core.create_namespaced_config_map(name, k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name="team-settings"), data={"owner": "payments"}))
+    try:
+        before = {i: _snapshot(mesh, i, name) for i in (0, 1)
+                  if labels is None or i == 1}
+        result = meshctl("verify", "--main", "cluster1", "--remote", "cluster2",
+                         "--namespace", name, "--clusters-dir", str(mesh.clusters_dir),
+                         env=mesh.env())
+        assert_one_line_error(result, 1, f"cluster2: Namespace {name} {needle}",
+                              "--namespace")
+        assert {i: _snapshot(mesh, i, name) for i in before} == before
+        if labels is not None:  # nothing was written on cluster1 either
+            with pytest.raises(k8s.ApiException) as info:
+                mesh[0].core().read_namespace(name)
+            assert info.value.status == 404
+    finally:
+        if labels is not None:
+            _delete_namespace(mesh, 1, name)
+
+
+@pytest.mark.sandbox
+def test_a_sample_object_of_another_mesh_is_left_alone(mesh: SandboxHandle,
+                                                       tmp_path: Path) -> None:
+    """Object by object, as for the namespace: in verify's own namespace a Service named
+    like its sample but labelled for another mesh is not taken over, not deleted, and
+    keeps the namespace in place."""
+    core = mesh[0].core()
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NSV,
+                                                                     labels=VERIFYS)))
+    core.create_namespaced_service(NSV, k8s.V1Service(
+        metadata=k8s.V1ObjectMeta(name="helloworld", labels={**OURS, "meshctl.io/mesh":
+                                                             "mesh2"}),
+        spec=k8s.V1ServiceSpec(ports=[k8s.V1ServicePort(port=5000)])))
+    try:
+        before = identity(mesh[0], "service", "helloworld", NSV)
+        result, doc, _ = _verify(mesh, tmp_path)
+        assert result.returncode == 1
+        deploy = _by_name(doc)["deploy samples"]
+        assert deploy["status"] == "FAIL"
+        assert f"cluster1: Service {NSV}/helloworld exists and is not meshctl's for mesh " \
+               "'mesh1'" in deploy["message"]
+        assert identity(mesh[0], "service", "helloworld", NSV) == before
+        assert any(k.startswith(f"cluster1: Namespace {NSV}: it holds 1 object(s)")
+                   and "Service helloworld" in k for k in doc["cleanupKept"])
+        assert mesh[0].core().read_namespace(NSV).status.phase == "Active"
+    finally:
+        _delete_namespace(mesh, 0, NSV)
+
+
+# --- the same defect shape elsewhere in verify: a port-forward left open on an error -------
+
+
+def _forward_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate()
+            if t.name.startswith("Kubernetes port forward proxy") and t.is_alive()]
+
+
+@pytest.mark.sandbox
+def test_a_failed_istiod_request_closes_its_port_forward(mesh: SandboxHandle) -> None:
+    """A request that fails after the tunnel opened (here: a path http.client refuses)
+    must close the tunnel, as the successful one does; the kubernetes client's proxy
+    thread for it ends only when its sockets are closed."""
+    from meshctl import kube
+    from meshctl.verify import control_plane
+
+    k = kube.client(config.load(mesh.clusters_dir).clusters["cluster1"])
+    pod = control_plane.istiod_pods(k)[0]
+    port = control_plane.monitoring_port(pod)
+    assert control_plane.istiod_get(k, pod["metadata"]["name"], port, "/debug/clusterz")
+    with pytest.raises(ClusterError, match="InvalidURL"):
+        control_plane.istiod_get(k, pod["metadata"]["name"], port, "/debug/clusterz\nX: y")
+    deadline = time.monotonic() + 10
+    while _forward_threads() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _forward_threads()
+
+
+# --- bad input to verify's flags, as tests/test_bad_input.py catalogues it ------------------
+# exit 2, one line naming the flag, nothing written, no cluster contacted (the cluster
+# files name hosts that do not resolve).
+
+VERIFY_FLAGS = [
+    ("requests-over-the-ceiling", ("--requests", "10001"), ("--requests 10001", "at most 10000")),
+    ("requests-huge", ("--requests", "99999999999999999999"), ("at most 10000",)),
+    ("requests-fraction", ("--requests", "1.5"), ("--requests 1.5", "whole number")),
+    ("requests-negative", ("--requests", "-3"), ("--requests -3", "at least 1")),
+    ("requests-exponent", ("--requests", "1e3"), ("--requests 1e3", "whole number")),
+    ("requests-hex", ("--requests", "0x10"), ("--requests 0x10", "whole number")),
+    ("requests-empty", ("--requests", ""), ("--requests", "whole number")),
+    ("timeout-zero", ("--timeout", "0"), ("--timeout 0", "at least 1")),
+    ("timeout-word", ("--timeout", "soon"), ("--timeout soon", "not a number")),
+    ("namespace-upper-case", ("--namespace", "Verify"), ("--namespace 'Verify'", "DNS-1123")),
+    ("namespace-dotted", ("--namespace", "a.b"), ("--namespace 'a.b'", "DNS-1123")),
+    ("namespace-too-long", ("--namespace", "n" * 64), ("--namespace", "DNS-1123")),
+    ("namespace-trailing-dash", ("--namespace", "verify-"), ("--namespace", "DNS-1123")),
+]
+
+
+@pytest.mark.parametrize("flags,needles", [c[1:] for c in VERIFY_FLAGS],
+                         ids=[c[0] for c in VERIFY_FLAGS])
+def test_verify_refuses_bad_flags(tmp_path: Path, flags: tuple[str, ...],
+                                  needles: tuple[str, ...]) -> None:
+    folder = two_networks(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = meshctl("verify", "--main", "cluster1", "--remote", "cluster2", *flags,
+                     "--clusters-dir", str(folder), cwd=tmp_path,
+                     env={"XDG_CACHE_HOME": str(tmp_path / "cache"),
+                          "MESHCTL_API_DEADLINE": "2"})
+    assert_one_line_error(result, 2, *needles)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
+                  if "cache" not in p.parts) == before

@@ -77,11 +77,14 @@ def istiod_get(k: kube.Kube, pod: str, port: int, path: str) -> Any:
     """GET ``path`` from an istiod pod through an API-server port-forward; JSON out.
 
     The forwarded stream is read as HTTP (Content-Length or chunked), never until EOF:
-    a tunnel may keep the stream open after istiod has answered.
+    a tunnel may keep the stream open after istiod has answered.  The tunnel is closed
+    in a ``finally``: a request that fails half-way must not leave the websocket and the
+    client's proxy thread open for the rest of the run.
     """
     from kubernetes import client as k8s
     from kubernetes.stream import portforward
 
+    pf = None
     try:
         pf = portforward(k8s.CoreV1Api(k.api).connect_get_namespaced_pod_portforward,
                          pod, ISTIO_NAMESPACE, ports=str(port))
@@ -92,10 +95,12 @@ def istiod_get(k: kube.Kube, pod: str, port: int, path: str) -> Any:
         conn.request("GET", path, headers={"Accept": "application/json"})
         resp = conn.getresponse()
         body = resp.read()
-        sock.close()
     except Exception as e:  # the client raises many kinds; all mean "could not ask istiod"
         raise ClusterError(f"{k.cluster}: port-forward to {ISTIO_NAMESPACE}/{pod}:{port} "
                            f"{path}: {type(e).__name__}: {str(e)[:200]}") from None
+    finally:
+        if pf is not None:
+            pf.close()  # its proxy thread ends once every local socket is closed
     if resp.status != 200:
         raise ClusterError(f"{k.cluster}: {ISTIO_NAMESPACE}/{pod}:{port}{path}: "
                            f"HTTP {resp.status}")

@@ -11,8 +11,19 @@ Pure: nothing here talks to a cluster.  ``--json`` prints :meth:`Result.to_json`
                  "errors",                              # attempted and not answered
                  "answers": [{"version", "cluster", "count"}],
                  "failures": [{"reason", "count"}],     # curl's words / HTTP status
-                 "reason"},                             # why traffic was not checked
-     "kept", "cleanup": [...]}
+                 "reason",                              # why traffic was not checked
+                 "endpoints",                           # (cluster, version) pairs expected
+                 "missChance"},                         # see below
+     "kept", "cleanup": [...],
+     "cleanupKept": [...]}                              # see below
+
+Added within v1 (no key changed meaning): ``traffic.endpoints`` and
+``traffic.missChance``, the probability (0 to 1) that ``requests`` uniform requests miss
+one of ``endpoints`` equally likely endpoints on a healthy mesh
+(:func:`meshctl.verify.sizing.miss_chance`; ``requests`` is sized so that it is at most
+0.1 % unless ``--requests`` was given); ``cleanupKept``: what cleanup left in place,
+each with the reason (a namespace holding objects verify did not make, a cluster it
+could not read).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl.verdicts import FAIL, PASS, SKIP
+from meshctl.verify import sizing
 
 SCHEMA = "meshctl.verify/v1"
 DEFAULT_NAMESPACE = "meshctl-verify"
@@ -85,10 +97,25 @@ class Traffic:
     errors: int = 0  # attempted requests that got no helloworld answer
     reason: str | None = None  # why traffic was not checked
     failures: tuple[Failure, ...] = ()
+    endpoints: int = 0  # (cluster, version) pairs that must each answer; 0: unknown
+
+    @property
+    def miss_chance(self) -> float | None:
+        """P(``requests`` requests miss an endpoint of a healthy mesh), see ``sizing``."""
+        if self.endpoints < 1:
+            return None
+        return float(sizing.miss_chance(self.endpoints, self.requests))
+
+    def luck_line(self) -> str | None:
+        """The "sent N requests: chance …" sentence, once requests really ran, else None."""
+        if not self.checked or self.endpoints < 1:
+            return None
+        return sizing.luck_line(self.sent, self.endpoints)
 
     def to_json(self) -> dict[str, Any]:
         return {"checked": self.checked, "client": self.client, "requests": self.requests,
                 "sent": self.sent, "errors": self.errors, "reason": self.reason,
+                "endpoints": self.endpoints, "missChance": self.miss_chance,
                 "answers": [{"version": a.version, "cluster": a.cluster, "count": a.count}
                             for a in self.answers],
                 "failures": [{"reason": f.reason, "count": f.count} for f in self.failures]}
@@ -103,6 +130,7 @@ class Result:
     kept: bool = False  # --keep: the sample apps were left in place
     cleanup: tuple[str, ...] = field(default=())  # what was removed afterwards
     namespace: str = DEFAULT_NAMESPACE
+    cleanup_kept: tuple[str, ...] = ()  # what cleanup left in place, with the reason
 
     @property
     def passed(self) -> bool:
@@ -120,9 +148,14 @@ class Result:
                 "summary": {s: counts.get(s, 0) for s in (PASS, FAIL, SKIP)},
                 "checks": [c.to_json() for c in self.checks],
                 "traffic": self.traffic.to_json(), "kept": self.kept,
-                "cleanup": list(self.cleanup), "namespace": self.namespace}
+                "cleanup": list(self.cleanup), "namespace": self.namespace,
+                "cleanupKept": list(self.cleanup_kept)}
 
-
+    def notes(self) -> list[str]:
+        """Lines printed under the table before the summary: the requests' luck, and what
+        cleanup kept."""
+        line = self.traffic.luck_line()
+        return ([line] if line else []) + [f"kept {k}" for k in self.cleanup_kept]
 
 
 # --- JUnit -------------------------------------------------------------------------------

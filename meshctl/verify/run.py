@@ -9,13 +9,18 @@ Two halves, each a list of :class:`Check` (one per JUnit testcase):
   chains to one root (``cert_status``); east-west gateways have addresses where the
   plan needs them; istiod is Available on every primary.
 - traffic: Istio's helloworld (v1 on the main, v2 on every remote) and a curl client
-  in an injected namespace that meshctl owns (``meshctl-verify``, ``--namespace``; an
-  existing namespace of that name that meshctl did not make is refused before anything
-  is written); wait for them; then N requests from the client through the pods/exec
-  API.  Each request reports its own curl exit status and HTTP code between markers
-  (:func:`curl_script`), so "sent" is what was attempted and every failure is an error
-  with curl's own reason.  PASS needs every request answered and an answer from every
-  expected version and cluster.  Cleanup removes only meshctl's objects.
+  in verify's own injected namespace (``meshctl-verify``, ``--namespace``; an existing
+  namespace of that name that is not verify's for this mesh ID is refused before
+  anything is written, :mod:`~meshctl.verify.ledger`); wait for them; then N requests
+  from the client through the pods/exec API, N sized from the number of clusters so
+  that a healthy mesh fails by bad luck in under 0.1 % of runs
+  (:mod:`~meshctl.verify.sizing`).  Each request reports its own curl exit status and
+  HTTP code between markers (:func:`curl_script`), so "sent" is what was attempted and
+  every failure is an error with curl's own reason.  PASS needs every request answered
+  and an answer from every expected version and cluster.
+- cleanup, in a ``finally`` (errors and Ctrl-C included, not with ``--keep``): only the
+  objects this run recorded writing, and the namespace only when it is verify's, this
+  run's, and holds nothing else.
 
 A request that was not seen is never counted: when exec is impossible (the sandbox
 has simulated nodes, no container runs, so the API server cannot reach a kubelet)
@@ -34,7 +39,8 @@ Data here; rendering in :mod:`meshctl.report`; :func:`junit_xml` is pure.
 
 The parts: :mod:`~meshctl.verify.result` (the data, ``--json``, JUnit),
 :mod:`~meshctl.verify.static`, :mod:`~meshctl.verify.traffic` (with
-:mod:`~meshctl.verify.curl`), :mod:`~meshctl.verify.control_plane`.
+:mod:`~meshctl.verify.curl` and :mod:`~meshctl.verify.sizing`),
+:mod:`~meshctl.verify.ledger`, :mod:`~meshctl.verify.control_plane`.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from meshctl.config import Config
 from meshctl.topology import Plan
 from meshctl.verdicts import PASS, SKIP
 from meshctl.verify import control_plane as control_plane
+from meshctl.verify import ledger as tidy
+from meshctl.verify import sizing
 from meshctl.verify.result import (
     DEFAULT_NAMESPACE,
     READY_TIMEOUT,
@@ -54,22 +62,27 @@ from meshctl.verify.result import (
     quiet,
 )
 from meshctl.verify.static import static_checks
-from meshctl.verify.traffic import cleanup, refuse_foreign, traffic_checks
+from meshctl.verify.traffic import expected_answers, traffic_checks
 
 # --- the whole run -----------------------------------------------------------------------
 
 
-def run(config: Config, plan: Plan, *, requests: int = 10, keep: bool = False,
+def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool = False,
         namespace: str = DEFAULT_NAMESPACE, timeout: float = READY_TIMEOUT,
         progress: Progress = quiet) -> Result:
     """Static half, then (only when it passed) the traffic half, then cleanup.
 
-    A ``namespace`` that exists on any cluster without meshctl's label stops verify
-    at once (:class:`CheckFailed`, exit 1), before anything is written.
+    A ``namespace`` that is not verify's for this mesh ID on any cluster stops verify
+    at once (:class:`CheckFailed`, exit 1), before anything is written.  Cleanup runs in
+    a ``finally``: after an error or Ctrl-C too (not with ``keep``).  ``requests``:
+    ``None`` sizes the count from the number of expected endpoints
+    (:mod:`meshctl.verify.sizing`).
     """
     clients = {n: kube.client(config.clusters[n], deadline=min(30.0, kube.DEFAULT_DEADLINE))
                for n in plan.names}
-    refuse_foreign(clients, namespace)
+    ledger = tidy.claim(clients, namespace, config.mesh.mesh_id)
+    endpoints = len(expected_answers(plan))
+    count = sizing.request_count(endpoints, requests)
     progress(plan.main, "static checks …")
     checks = static_checks(config, plan, clients)
     if not all(c.status == PASS for c in checks):
@@ -78,18 +91,18 @@ def run(config: Config, plan: Plan, *, requests: int = 10, keep: bool = False,
         reason = "traffic was NOT checked: the static checks failed, so no sample was deployed"
         checks.append(Check("traffic", "requests", None, SKIP, reason))
         return Result(plan.main, plan.remotes, tuple(checks),
-                      Traffic(False, None, requests, 0, reason=reason), namespace=namespace)
-    traffic_list, traffic = traffic_checks(config, plan, clients, requests=requests,
-                                           namespace=namespace, timeout=timeout,
-                                           progress=progress)
-    # control-plane half (control_plane): each primary's istiod, sample deployed
-    progress(plan.main, "asking each istiod what it sees …")
-    traffic_list += control_plane.checks(config, plan, clients, namespace=namespace)
-    removed: list[str] = []
-    if not keep:
-        removed = cleanup(config, plan, clients, namespace)
-        progress(plan.main, f"removed {len(removed)} sample objects")
+                      Traffic(False, None, count, 0, reason=reason, endpoints=endpoints),
+                      namespace=namespace)
+    tidied = tidy.Tidied()
+    try:
+        traffic_list, traffic = traffic_checks(config, plan, clients, requests=count,
+                                               ledger=ledger, timeout=timeout,
+                                               progress=progress)
+        # control-plane half (control_plane): each primary's istiod, sample deployed
+        progress(plan.main, "asking each istiod what it sees …")
+        traffic_list += control_plane.checks(config, plan, clients, namespace=namespace)
+    finally:
+        if not keep:
+            tidied = tidy.cleanup(clients, ledger, progress)
     return Result(plan.main, plan.remotes, tuple(checks + traffic_list), traffic, kept=keep,
-                  cleanup=tuple(removed), namespace=namespace)
-
-
+                  cleanup=tidied.removed, namespace=namespace, cleanup_kept=tidied.kept)

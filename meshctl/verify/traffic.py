@@ -1,7 +1,9 @@
 """verify's traffic half: the sample apps, their readiness, sidecars, then requests.
 
-The samples live in a namespace meshctl owns; one it did not make is refused before any
-write, and :func:`cleanup` removes only what carries meshctl's label.
+The samples live in verify's own namespace: every write goes through the run's
+:class:`~meshctl.verify.ledger.Ledger`, which refuses a namespace or object that is not
+verify's for this mesh ID and records what it writes, so that
+:func:`meshctl.verify.ledger.cleanup` removes exactly that.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from meshctl import istio, kube, manifests, ownership
+from meshctl import istio, kube, manifests
 from meshctl.config import Config
-from meshctl.errors import CheckFailed, MeshctlError
+from meshctl.errors import MeshctlError
 from meshctl.mesh import install
 from meshctl.topology import Plan
 from meshctl.verdicts import FAIL, PASS
@@ -24,6 +26,7 @@ from meshctl.verify.curl import (
     exec_in_pod,
     judge_traffic,
 )
+from meshctl.verify.ledger import Ledger
 from meshctl.verify.result import (
     DEFAULT_NAMESPACE,
     READY_TIMEOUT,
@@ -41,7 +44,8 @@ def sample_manifests(config: Config, plan: Plan,
                      namespace: str = DEFAULT_NAMESPACE) -> dict[str, list[dict[str, Any]]]:
     """Per cluster, the objects the traffic half applies (pure): main v1 + curl, remotes v2.
 
-    Every one carries meshctl's ownership labels, the namespace first.
+    Every one carries meshctl's ownership labels, the namespace first (it also carries
+    verify's purpose label, :data:`meshctl.verify.ledger.PURPOSE`).
     """
     out = {}
     mesh_id = config.mesh.mesh_id
@@ -58,28 +62,11 @@ def sample_manifests(config: Config, plan: Plan,
     return out
 
 
-def foreign_namespace(k: kube.Kube, namespace: str) -> str | None:
-    """Why verify must not use ``namespace`` on this cluster (it exists and meshctl did not
-    make it), or ``None``.  A cluster that cannot be read says nothing here: the static
-    checks report it, and the traffic half does not run."""
-    try:
-        ns = k.get(f"/api/v1/namespaces/{namespace}", what=f"read Namespace {namespace}")
-    except MeshctlError:
-        return None
-    if ns is None or ownership.is_managed(ns):
-        return None
-    return f"{k.cluster}: Namespace {namespace} exists and was not made by meshctl"
-
-
-def refuse_foreign(clients: dict[str, kube.Kube], namespace: str) -> None:
-    """Facts first: a namespace of that name that meshctl does not own on any cluster
-    stops verify before it writes anything anywhere (exit 1)."""
-    found = [why for k in clients.values() if (why := foreign_namespace(k, namespace))]
-    if found:
-        raise CheckFailed("; ".join(found) + "; verify deploys its sample only into a "
-                          "namespace it owns and leaves this one as it is",
-                          hint="pick another name with --namespace (default "
-                               f"{DEFAULT_NAMESPACE})")
+def expected_answers(plan: Plan) -> dict[str, str]:
+    """``{cluster: version}`` that must each answer at least once: v1 on the main, v2 on
+    every remote.  Its size is the endpoint count the requests are sized for
+    (:mod:`meshctl.verify.sizing`)."""
+    return {n: "v1" if n == plan.main else "v2" for n in plan.names}
 
 
 def _namespace_gone(k: kube.Kube, namespace: str) -> str | None:
@@ -109,26 +96,28 @@ class _Steps:
 
 
 def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
-                   requests: int, namespace: str = DEFAULT_NAMESPACE,
-                   timeout: float = READY_TIMEOUT,
+                   requests: int, ledger: Ledger, timeout: float = READY_TIMEOUT,
                    progress: Progress = quiet) -> tuple[list[Check], Traffic]:
-    """Deploy, wait, check sidecars, send requests.  Stops at the first step that fails."""
+    """Deploy (through ``ledger``), wait, check sidecars, send requests.  Stops at the
+    first step that fails; cleanup is the caller's, in a ``finally``."""
     steps = _Steps()
     not_checked = "traffic was NOT checked"
-    ns = namespace
+    ns = ledger.namespace
     objs = sample_manifests(config, plan, ns)
+    expected = expected_answers(plan)
+    endpoints = len(expected)
     try:
-        refuse_foreign(clients, ns)  # again, right before the first write
         for name in plan.names:
             kube.wait_for(f"{name}: namespace {ns} gone",
                           lambda name=name: _namespace_gone(clients[name], ns),
                           timeout=timeout, interval=2.0)
-            changed = [kube.ensure(clients[name], o) for o in objs[name]]
+            # checked again right before each write: the namespace, then every object
+            changed = [ledger.ensure(clients[name], o) for o in objs[name]]
             progress(name, f"sample apps in namespace {ns}: "
                            f"{sum(a != 'unchanged' for a in changed)} objects written")
     except MeshctlError as e:
         steps.add("deploy samples", FAIL, e.message, hint=e.hint)
-        return steps.checks, Traffic(False, None, requests, 0,
+        return steps.checks, Traffic(False, None, requests, 0, endpoints=endpoints,
                                      reason=f"{not_checked}: the samples could not be deployed")
     deployments = {n: [o["metadata"]["name"] for o in objs[n] if o["kind"] == "Deployment"]
                    for n in plan.names}
@@ -146,7 +135,7 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
     except MeshctlError as e:
         steps.add("samples ready", FAIL, e.message,
                   hint=f"kubectl -n {ns} get pods,events on that cluster")
-        return steps.checks, Traffic(False, None, requests, 0,
+        return steps.checks, Traffic(False, None, requests, 0, endpoints=endpoints,
                                      reason=f"{not_checked}: the samples never became ready")
     pods = {n: _pods(clients[n], ns, "app in (helloworld,curl)") for n in plan.names}
     steps.add("samples ready", PASS, "; ".join(
@@ -170,7 +159,8 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
     instances = {p["metadata"]["name"]: n for n in plan.names for p in pods[n]}
     if not clients_pods:
         steps.add("requests", FAIL, f"{not_checked}: no curl pod found on {plan.main}")
-        return steps.checks, Traffic(False, None, requests, 0, reason="no curl pod")
+        return steps.checks, Traffic(False, None, requests, 0, endpoints=endpoints,
+                                     reason="no curl pod")
     pod = clients_pods[0]["metadata"]["name"]
     client = f"{plan.main}/{ns}/{pod}"
     url = target(ns)
@@ -185,9 +175,9 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
         steps.add("requests", FAIL, reason,
                   hint="verify needs pods that run containers and an API server that can "
                        "reach each node's kubelet for exec")
-        return steps.checks, Traffic(False, client, requests, 0, reason=reason)
+        return steps.checks, Traffic(False, client, requests, 0, endpoints=endpoints,
+                                     reason=reason)
     tally = count_requests(output.stdout, instances)
-    expected = {n: "v1" if n == plan.main else "v2" for n in plan.names}
     status, message = judge_traffic(tally, requests=requests, expected=expected,
                                     client=client)
     steps.add("requests", status, message,
@@ -195,24 +185,4 @@ def traffic_checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
               "cross-cluster traffic needs remote secrets, a common root and, across "
               "networks, east-west gateways (see the static checks)")
     return steps.checks, Traffic(True, client, requests, tally.sent, tally.answers,
-                                 tally.errors, failures=tally.failures)
-
-
-def cleanup(config: Config, plan: Plan, clients: dict[str, kube.Kube],
-            namespace: str = DEFAULT_NAMESPACE) -> list[str]:
-    """Remove what the traffic half deployed: only objects carrying meshctl's label, and
-    the namespace only when meshctl made it (``kube.delete`` asks both times)."""
-    removed = []
-    for name, objs in sample_manifests(config, plan, namespace).items():
-        k = clients[name]
-        ns = k.get(f"/api/v1/namespaces/{namespace}", what=f"read Namespace {namespace}")
-        if ns is None:
-            continue
-        for obj in reversed(objs):
-            if obj["kind"] == "Namespace" and not ownership.is_managed(ns):
-                continue
-            if kube.delete(k, obj):
-                removed.append(f"{name}: {kube.describe(obj)}")
-    return removed
-
-
+                                 tally.errors, failures=tally.failures, endpoints=endpoints)
