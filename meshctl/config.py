@@ -8,26 +8,22 @@ no kubeconfig parsing (that is :mod:`meshctl.kube`'s job, and only for live comm
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from kubernetes.utils import parse_quantity
 
-from meshctl import durations
+from meshctl import durations, names
 from meshctl.ca import pki
 from meshctl.errors import ConfigError, UsageError
+from meshctl.names import DNS1123_LABEL, LABEL_VALUE  # noqa: F401  (config.DNS1123_LABEL)
 
 MESH_FILE = "mesh.yaml"
 ROLES = ("primary", "remote")
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# Kubernetes label value: the network becomes the topology.istio.io/network label.
-LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 CLUSTER_KEYS = {"name", "context", "kubeconfig", "network", "role", "apiServer",
                 "injectNamespaces", "eastWestAddress"}
@@ -78,13 +74,20 @@ class Cluster:
 
 @dataclass(frozen=True)
 class CASettings:
-    """Where the root CA lives (the operator's machine only) and how certificates are made."""
+    """Where the root CA lives (the operator's machine only) and how certificates are made.
+
+    ``dir`` is resolved against ``mesh.yaml``'s folder when ``ca.dir`` is relative, so
+    every working directory finds the same root.  ``cwd_dir`` is where meshctl before
+    that looked (the same relative path from the working directory), or ``None`` when
+    ``ca.dir`` is absolute: a root found only there is refused, never silently doubled.
+    """
 
     dir: Path = Path(".meshctl/ca")
     key: str = "rsa-4096"
     root_days: int = 3650
     intermediate_days: int = 730
     organization: str = "meshctl"
+    cwd_dir: Path | None = None
     # seconds; root rotation waits this long after step 2 before step 3 may drop the old root
     workload_cert_ttl: float = durations.parse(WORKLOAD_CERT_TTL)
 
@@ -193,11 +196,19 @@ def _string(path: Path, key: str, value: Any, *, required: bool = False) -> str 
     return value
 
 
-def _label(path: Path, key: str, value: str) -> str:
-    if not DNS1123_LABEL.match(value):
-        raise ConfigError(f"{path}: key '{key}': {value!r} is not a DNS-1123 label "
-                          "(lower-case letters, digits and '-', at most 63, "
-                          "starting and ending alphanumeric)")
+def _label(path: Path, key: str, value: str, *, longest: int = 63, why: str = "") -> str:
+    if not names.dns_label(value, longest=longest):
+        raise ConfigError(f"{path}: key '{key}': {names.shown(value)} is not a DNS-1123 label "
+                          f"(lower-case letters, digits and '-', at most {longest}, "
+                          f"starting and ending alphanumeric{why})")
+    return value
+
+
+def _label_value(path: Path, key: str, value: str, becomes: str) -> str:
+    if not names.label_value(value):
+        raise ConfigError(f"{path}: key '{key}': {names.shown(value)} is not a valid label "
+                          "value (at most 63 letters, digits, '-', '_' and '.', starting and "
+                          f"ending alphanumeric; it becomes {becomes})")
     return value
 
 
@@ -240,11 +251,18 @@ def _quantity(path: Path, key: str, value: Any, default: str) -> str:
 def _api_server(path: Path, value: str | None) -> str | None:
     if value is None:
         return None
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"{path}: key 'apiServer': {value!r} is not an https URL "
-                          "(e.g. https://203.0.113.10:6443)")
+    problem = names.https_url_problem(value)
+    if problem:  # written into remote secrets, whose reader refuses the same
+        raise ConfigError(f"{path}: key 'apiServer': {names.shown(value)} {problem}")
     return value.rstrip("/")
+
+
+def _near(path: Path, value: str | None) -> str | None:
+    """A path from ``path``'s file, resolved against that file's folder when relative
+    (never against the working directory, which differs from run to run)."""
+    if value is None or value.startswith("~") or Path(value).is_absolute():
+        return value
+    return str(path.parent / value)
 
 
 # --- loaders -----------------------------------------------------------------------
@@ -254,15 +272,16 @@ def load_cluster(path: Path) -> Cluster:
     """Read and validate one ``clusters/<name>.yaml``."""
     data = _mapping(path, "the file", read_yaml(path))
     _check_keys(path, "", data, CLUSTER_KEYS)
-    name = _label(path, "name", _string(path, "name", data.get("name"), required=True))
+    name = _label(path, "name", _string(path, "name", data.get("name"), required=True),
+                  longest=names.CLUSTER_NAME_MAX, why="; meshctl-eastwest-<name> becomes a label "
+                  "value of at most 63")
     if name != path.stem:
         raise ConfigError(f"{path}: key 'name': {name!r} does not match the file name "
                           f"{path.stem!r}")
     context = _string(path, "context", data.get("context"), required=True)
-    network = _string(path, "network", data.get("network"), required=True)
-    if not LABEL_VALUE.match(network):
-        raise ConfigError(f"{path}: key 'network': {network!r} is not a valid label value "
-                          "(it becomes the topology.istio.io/network label)")
+    network = _label_value(path, "network",
+                           _string(path, "network", data.get("network"), required=True) or "",
+                           "the topology.istio.io/network label")
     role = data.get("role", "primary")
     if role not in ROLES:
         raise ConfigError(f"{path}: key 'role': {role!r} is not one of {', '.join(ROLES)}")
@@ -273,16 +292,21 @@ def load_cluster(path: Path) -> Cluster:
         _label(path, "injectNamespaces", _string(path, "injectNamespaces", ns) or "")
     if len(set(namespaces)) != len(namespaces):
         raise ConfigError(f"{path}: key 'injectNamespaces' lists a namespace twice")
+    address = _string(path, "eastWestAddress", data.get("eastWestAddress"))
+    if address is not None and not names.address(address):
+        # a remote's istiod address: an Endpoints IP, else an ExternalName Service
+        raise ConfigError(f"{path}: key 'eastWestAddress': {names.shown(address)} is neither "
+                          "an IP address nor a DNS name (e.g. 203.0.113.7, gw.example.com)")
     return Cluster(
         name=name,
         context=context,
         network=network,
         source=path,
         role=role,
-        kubeconfig=_string(path, "kubeconfig", data.get("kubeconfig")),
+        kubeconfig=_near(path, _string(path, "kubeconfig", data.get("kubeconfig"))),
         api_server=_api_server(path, _string(path, "apiServer", data.get("apiServer"))),
         inject_namespaces=tuple(namespaces),
-        east_west_address=_string(path, "eastWestAddress", data.get("eastWestAddress")),
+        east_west_address=address,
     )
 
 
@@ -290,14 +314,22 @@ def load_mesh(path: Path) -> Mesh:
     """Read and validate ``mesh.yaml``."""
     data = _mapping(path, "the file", read_yaml(path))
     _check_keys(path, "", data, MESH_KEYS)
-    mesh_id = _string(path, "meshID", data.get("meshID"), required=True)
+    mesh_id = _label_value(path, "meshID",
+                           _string(path, "meshID", data.get("meshID"), required=True) or "",
+                           "the meshctl.io/mesh label")
     trust_domain = _string(path, "trustDomain", data.get("trustDomain")) or "cluster.local"
+    if not names.dns_name(trust_domain):  # Istio's rule; it names every SPIFFE identity
+        raise ConfigError(f"{path}: key 'trustDomain': {names.shown(trust_domain)} is not a "
+                          "trust domain (DNS-1123 labels joined by '.', e.g. cluster.local)")
 
     istio_raw = _mapping(path, "key 'istio'", data.get("istio") or {})
     _check_keys(path, "istio", istio_raw, ISTIO_KEYS)
     revision = istio_raw.get("revision") or ""
-    if revision and not (isinstance(revision, str) and DNS1123_LABEL.match(revision)):
+    if revision and not isinstance(revision, str):
         raise ConfigError(f"{path}: key 'istio.revision': {revision!r} is not a DNS-1123 label")
+    if revision:
+        _label(path, "istio.revision", revision, longest=names.REVISION_MAX,
+               why="; istiod-<revision> becomes a Service name of at most 63")
     values = _mapping(path, "key 'istio.values'", istio_raw.get("values") or {})
     sidecar_raw = _mapping(path, "key 'istio.sidecar'", istio_raw.get("sidecar") or {})
     _check_keys(path, "istio.sidecar", sidecar_raw, RESOURCE_KEYS)
@@ -318,7 +350,8 @@ def load_mesh(path: Path) -> Mesh:
     if inter_days > root_days:
         raise ConfigError(f"{path}: key 'ca.intermediateDays' ({inter_days}) is longer than "
                           f"'ca.rootDays' ({root_days}): an intermediate cannot outlive its root")
-    ca_dir = _string(path, "ca.dir", ca_raw.get("dir")) or str(CASettings.dir)
+    ca_dir = Path(_string(path, "ca.dir", ca_raw.get("dir")) or str(CASettings.dir))
+    ca_dir = ca_dir.expanduser()  # relative: mesh.yaml's folder, whatever the working dir
     organization = _string(path, "ca.organization", ca_raw.get("organization")) or "meshctl"
     workload_ttl = _duration(path, "ca.workloadCertTTL", ca_raw.get("workloadCertTTL"),
                              CASettings.workload_cert_ttl)
@@ -328,9 +361,10 @@ def load_mesh(path: Path) -> Mesh:
         trust_domain=trust_domain,
         istio=IstioSettings(revision=revision, values=MappingProxyType(dict(values)),
                             sidecar=sidecar),
-        ca=CASettings(dir=Path(ca_dir).expanduser(), key=key, root_days=root_days,
-                      intermediate_days=inter_days, organization=organization,
-                      workload_cert_ttl=workload_ttl),
+        ca=CASettings(dir=ca_dir if ca_dir.is_absolute() else path.parent / ca_dir,
+                      cwd_dir=None if ca_dir.is_absolute() else ca_dir, key=key,
+                      root_days=root_days, intermediate_days=inter_days,
+                      organization=organization, workload_cert_ttl=workload_ttl),
     )
 
 

@@ -35,7 +35,9 @@ def test_defaults_and_optional_keys(tmp_path: Path) -> None:
     assert west.api_server == "https://west.example:6443"
     assert west.east_west_address == "192.0.2.7" and west.kubeconfig == "~/kc"
     assert cfg.mesh.trust_domain == "cluster.local"
-    assert cfg.mesh.ca == config.CASettings()
+    # a relative ca.dir is mesh.yaml's, not the working directory's (issue 21, item 10)
+    assert cfg.mesh.ca == config.CASettings(dir=folder / ".meshctl/ca",
+                                            cwd_dir=Path(".meshctl/ca"))
     assert dict(cfg.mesh.istio.values) == {}
 
 

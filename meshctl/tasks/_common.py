@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -66,10 +67,40 @@ def mesh_task(*, help: dict[str, str], iterable: tuple[str, ...] = ()) -> Callab
 
 
 def load(flag: str | None) -> config.Config:
-    """The cluster files of ``--clusters-dir`` (see :func:`clusters_dir`), validated."""
+    """The cluster files of ``--clusters-dir`` (see :func:`clusters_dir`), validated,
+    and ``ca.dir`` checked against a root left where an earlier meshctl put it."""
     from meshctl import config  # imported when a task runs: `meshctl --help` stays fast
 
-    return config.load(clusters_dir(flag))
+    cfg = config.load(clusters_dir(flag))
+    refuse_stray_root(cfg.mesh)
+    return cfg
+
+
+def refuse_stray_root(mesh: config.Mesh) -> None:
+    """A relative ``ca.dir`` is read from ``mesh.yaml``'s folder; meshctl before that
+    read it from the working directory.  A root found only there (or a different one
+    there) means a second root would be made or used: refuse, naming both paths."""
+    from meshctl.ca import certs
+
+    old, new = mesh.ca.cwd_dir, mesh.ca.dir
+    if old is None or old.resolve() == new.resolve():
+        return
+    old_cert, old_key = certs.root_paths(dataclasses.replace(mesh.ca, dir=old))
+    if not (old_cert.exists() or old_key.exists()):
+        return
+    new_cert = certs.root_paths(mesh.ca)[0]
+    try:
+        if new_cert.read_bytes() == old_cert.read_bytes():
+            return  # the same root in both places: nothing is doubled
+    except OSError:
+        pass
+    found = "a different root CA" if certs.root_exists(mesh.ca) else "no root CA"
+    raise UsageError(
+        f"{mesh.source}: key 'ca.dir': a root CA is in {old.absolute()} (working directory) "
+        f"and {found} in {new.absolute()} (mesh.yaml's folder); refusing a second root",
+        hint="meshctl reads a relative ca.dir from mesh.yaml's folder, earlier versions from "
+             "the working directory: move that root, or make ca.dir the absolute path of the "
+             "root your clusters use")
 
 
 def selected(cfg: config.Config, names: list[str] | None) -> list[str]:
