@@ -28,6 +28,10 @@ MANAGER = "meshctl"
 MESH = "meshctl.io/mesh"
 OWNING_RESOURCE = "install.operator.istio.io/owning-resource"
 FIELD_MANAGER = "meshctl"
+# teardown's merge patches that put a found namespace's label back: a fixed name of
+# meshctl's own (never one read from the cluster or the install record), apart from
+# FIELD_MANAGER so that a later apply's conflict says the value came from a restore
+RESTORE_FIELD_MANAGER = "meshctl-restore"
 
 
 def labels(mesh_id: str) -> dict[str, str]:
@@ -45,6 +49,25 @@ def is_managed(obj: Mapping[str, Any] | None, mesh_id: str | None = None) -> boo
     if found.get(MANAGED_BY) != MANAGER:
         return False
     return mesh_id is None or found.get(MESH) in (None, mesh_id)
+
+
+def mesh_of(obj: Mapping[str, Any] | None) -> str | None:
+    """The mesh an object meshctl renders is for (its ``meshctl.io/mesh`` label), if any:
+    a live object of that name counts as meshctl's only when it is of the same mesh."""
+    return _labels(obj).get(MESH)
+
+
+def without_ownership(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` without meshctl's labels: what ``--force`` may write over an object someone
+    else made.  It takes fields over, never the object: teardown deletes only what
+    carries these labels, so the object stays theirs."""
+    meta = dict(obj.get("metadata") or {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in (MANAGED_BY, MESH)}
+    if labels:
+        meta["labels"] = labels
+    else:
+        meta.pop("labels", None)
+    return {**obj, "metadata": meta}
 
 
 def operator_names(cluster: str) -> tuple[str, ...]:

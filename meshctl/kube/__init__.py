@@ -35,7 +35,10 @@ from meshctl.kube.apply import (
     describe,
     ensure,
     in_sync,
+    not_ours,
+    not_ours_message,
     object_path,
+    predicted_conflicts,
 )
 from meshctl.kube.client import (
     DEFAULT_DEADLINE,
@@ -58,6 +61,6 @@ __all__ = [
     "DEFAULT_DEADLINE", "KINDS", "UNREAD", "ApiError", "Conflict", "FieldConflict",
     "Forbidden", "Kube", "NotFound", "NotOwned", "Unreachable", "WaitTimeout", "apply",
     "client", "client_from", "collection_path", "conflicts", "contains", "delete",
-    "describe", "ensure", "in_sync", "is_transient", "kubeconfig_path", "object_path",
-    "retrying", "wait_for",
+    "describe", "ensure", "in_sync", "is_transient", "kubeconfig_path", "not_ours",
+    "not_ours_message", "object_path", "predicted_conflicts", "retrying", "wait_for",
 ]

@@ -4,8 +4,10 @@
 field meshctl no longer sets, so a re-run of bootstrap sends no mutating request.  A
 field another manager owns is a :class:`FieldConflict` naming the field and the manager
 (exit 1) unless forced; an object without meshctl's label is :class:`NotOwned` and never
-adopted silently; :func:`delete` removes only what carries meshctl's label, with a uid
-precondition so a re-created object of the same name is not touched.
+adopted, not even with ``--force`` (which takes fields over and leaves the object theirs);
+:func:`delete` removes only what carries meshctl's label (and the mesh's, when the
+object meshctl renders has one), with a uid precondition so a re-created object of the
+same name is not touched.
 """
 
 from __future__ import annotations
@@ -179,40 +181,85 @@ def apply(kube: Kube, obj: Mapping[str, Any], *, force: bool = False) -> str:
         return f"took over {named}"
 
 
+def not_ours(live: Mapping[str, Any] | None, obj: Mapping[str, Any]) -> bool:
+    """True when ``obj`` would be meshctl's (its labels say so) but the live object of that
+    name is not: made by someone else, or by meshctl for another mesh."""
+    return live is not None and ownership.is_managed(obj) and not ownership.is_managed(
+        live, ownership.mesh_of(obj))
+
+
+def not_ours_message(kube_cluster: str, live: Mapping[str, Any], obj: Mapping[str, Any]) -> str:
+    whose = (f"was made by meshctl for mesh {ownership.mesh_of(live)!r}"
+             if ownership.is_managed(live) else "was not made by meshctl")
+    return f"{kube_cluster}: {describe(obj)} exists and {whose}; left as it is"
+
+
 def ensure(kube: Kube, obj: Mapping[str, Any], *, live: Any = UNREAD,
            force: bool = False) -> str:
     """Bring ``obj`` about by server-side apply; returns created/updated/unchanged.
 
     Reads first and compares (:func:`in_sync`), so a converged cluster sees GETs only.
-    An object ``obj`` marks as meshctl's that exists without meshctl's label belongs
-    to someone else: :class:`NotOwned`, unless ``force`` (which adopts it, and takes over
-    conflicting fields).  A caller that has just read the object passes it as ``live``
-    (``None``: absent) so it is not read twice.
+    An object ``obj`` marks as meshctl's that exists without meshctl's label (or with
+    another mesh's) belongs to someone else: :class:`NotOwned`, unless ``force``, which
+    takes over the fields meshctl sets but never the object: it is applied without
+    meshctl's labels, so teardown (which deletes only what carries them) leaves it.
+    A caller that has just read the object passes it as ``live`` (``None``: absent) so
+    it is not read twice.
     """
     path, what = object_path(obj), describe(obj)
     if live is UNREAD:
         live = kube.get(path, what=f"read {what}")
-    if live is not None and ownership.is_managed(obj) and not ownership.is_managed(live) \
-            and not force:
-        raise NotOwned(f"{kube.cluster}: {what} exists and was not made by meshctl; "
-                       "left as it is",
-                       hint="remove or rename it, or re-run with --force to take it over")
+    theirs = not_ours(live, obj)
+    if theirs and not force:
+        raise NotOwned(not_ours_message(kube.cluster, live, obj),
+                       hint="remove or rename it, or re-run with --force to take its fields "
+                            "over (it stays theirs: teardown keeps it)")
+    if theirs:
+        obj = ownership.without_ownership(obj)
     if in_sync(live, obj):
         return "unchanged"
     result = apply(kube, obj, force=force)
     verb = "created" if live is None else "updated"
-    return verb if result == "applied" else f"{verb}; {result}"
+    note = "; still not meshctl's (teardown keeps it)" if theirs else ""
+    return (verb if result == "applied" else f"{verb}; {result}") + note
+
+
+def _value_at(obj: Any, path: tuple) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def predicted_conflicts(live: Mapping[str, Any], obj: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(manager, field) pairs an apply of ``obj`` over ``live`` would be refused on: a
+    field ``obj`` sets to another value that another manager owns (from ``managedFields``,
+    as the API server decides).  Read before any write, so that bootstrap can refuse
+    with nothing changed instead of after istioctl has run."""
+    desired = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+    wanted = [p for p in _object_paths(desired) if _value_at(live, p) != _value_at(desired, p)]
+    found = []
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            continue
+        owned = _field_paths(entry.get("fieldsV1") or {})
+        for path in wanted:
+            if any(o[:len(path)] == path or path[:len(o)] == o for o in owned if o):
+                found.append((str(entry.get("manager")), "." + ".".join(map(str, path))))
+    return sorted(set(found))
 
 
 def delete(kube: Kube, obj: Mapping[str, Any], *, only_managed: bool = True) -> bool:
     """Delete ``obj`` if it exists and (unless told otherwise) meshctl made it.
 
-    True when something was deleted.  An object without meshctl's label is left alone:
-    every delete asks "did meshctl make this?".
+    True when something was deleted.  An object without meshctl's label, or with another
+    mesh's, is left alone: every delete asks "did meshctl make this, for this mesh?".
     """
     path = object_path(obj)
     live = kube.get(path, what=f"read {describe(obj)}")
-    if live is None or (only_managed and not ownership.is_managed(live)):
+    if live is None or (only_managed and not ownership.is_managed(
+            live, ownership.mesh_of(obj))):
         return False
     try:
         kube.request("DELETE", path, what=f"delete {describe(obj)}",

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from meshctl import istio, kube, ownership
+from meshctl import istio, kube, manifests, ownership
 from meshctl.ca import cacerts, certs
 from meshctl.config import Config
 from meshctl.errors import CheckFailed, MeshctlError
 from meshctl.kube import Kube
-from meshctl.mesh import install
+from meshctl.mesh import install, install_record, remote_secret
 from meshctl.topology import Plan
 
 K = TypeVar("K", bound=Hashable)
@@ -85,15 +85,49 @@ def _namespace_conflict(k: Kube, plan: Plan, name: str) -> str | None:
             f"{have!r} (owned by {manager}), the plan wants {want!r}")
 
 
-def _record_problem(rec: Mapping[str, str], plan: Plan, name: str,
+def _record_problem(cm: Mapping | None, plan: Plan, name: str,
                     ctl: istio.Istioctl) -> str | None:
-    if not rec:
-        return None
-    mesh = rec.get(install.REC_MESH)
-    if mesh and mesh != plan.mesh_id:
-        return f"{name}: meshctl installed it for mesh {mesh!r}, not {plan.mesh_id!r}"
-    problem = install.version_problem(rec, ctl)
-    return f"{name}: {problem}" if problem else None
+    """The install record is cluster data: its shape and mesh are checked before it is
+    carried forward, and one without meshctl's label would be refused at its first write."""
+    if cm is not None and not ownership.is_managed(cm):
+        return (f"{name}: ConfigMap {install.NS}/meshctl-install exists and was not made by "
+                "meshctl")
+    problem = install_record.problem(cm, cluster=name, mesh_id=plan.mesh_id)
+    if problem:
+        return problem
+    version = install.version_problem(install.record_data(cm), ctl)
+    return f"{name}: {version}" if version else None
+
+
+def _owned_problems(k: Kube, config: Config, plan: Plan, name: str, *, force: bool,
+                    links: bool) -> list[str]:
+    """What bootstrap will apply here that exists as someone else's, read before the first
+    write: the exposure Gateways and VirtualService (refused, or with ``--force`` taken
+    over but left theirs), a field of them another manager owns, and a remote secret of
+    meshctl's name without its label (refused even with ``--force``)."""
+    cp = plan.get(name)
+    docs = [*(manifests.split(manifests.expose_istiod(config)) if cp.expose_istiod else []),
+            *(manifests.split(manifests.expose_services(plan.mesh_id))
+              if cp.expose_services else [])]
+    out = []
+    for doc in docs:
+        live = k.get(kube.object_path(doc), what=f"read {kube.describe(doc)}")
+        if live is None or force:
+            continue
+        if kube.not_ours(live, doc):
+            out.append(kube.not_ours_message(name, live, doc))
+        elif taken := kube.predicted_conflicts(live, doc):
+            out.append(f"{name}: {kube.describe(doc)}: " + ", ".join(
+                f"{field} (owned by {manager})" for manager, field in taken))
+    for link in plan.links if links else ():
+        if link.target == name:
+            secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+                "name": remote_secret.secret_name(link.source), "namespace": install.NS,
+                "labels": ownership.labels(plan.mesh_id)}}
+            live = k.get(kube.object_path(secret), what=f"read {kube.describe(secret)}")
+            if kube.not_ours(live, secret):
+                out.append(kube.not_ours_message(name, live, secret))
+    return out
 
 
 def _foreign_istio(config: Config, plan: Plan, names: list[str], ctl: istio.Istioctl,
@@ -114,14 +148,16 @@ def gather(config: Config, plan: Plan, *, skip_preflight: bool = False, force: b
 
     ``names`` narrows the clusters (``install --cluster X``); default: the whole plan.
     """
+    whole = names is None  # bootstrap: the links too; install --cluster links nothing
     names = list(names or plan.names)
     clients = each(names, lambda n: kube.client(config.clusters[n]))
     ctl = istio.find()
     problems = _foreign_istio(config, plan, names, ctl, skip_preflight)
     hints = ["meshctl changes only what it owns: see the README, 'Clusters that already "
              "run Istio'"] if problems else []
-    records = each(names, lambda n: install.recorded(clients[n]))
-    stale = [p for n in names if (p := _record_problem(records[n], plan, n, ctl))]
+    cms = each(names, lambda n: install.read_record(clients[n]))
+    records = {n: install.record_data(cms[n]) for n in names}
+    stale = [p for n in names if (p := _record_problem(cms[n], plan, n, ctl))]
     if stale:
         hints.append("use the istioctl and clusters folder that installed it")
     conflicts = [] if force else [
@@ -130,8 +166,13 @@ def gather(config: Config, plan: Plan, *, skip_preflight: bool = False, force: b
     if conflicts:
         hints.append("change it with the tool that owns it, or re-run with --force to take "
                      "the field over (teardown puts the old value back)")
+    owned = [p for found in each(names, lambda n: _owned_problems(
+        clients[n], config, plan, n, force=force, links=whole)).values() for p in found]
+    if owned:
+        hints.append("remove or rename what is not meshctl's, or re-run with --force to "
+                     "take over its fields (it stays theirs: teardown keeps it)")
     live = each(names, lambda n: clients[n].get(cacerts.PATH, what=f"read {cacerts.WHAT}"))
-    problems += stale + conflicts
+    problems += stale + conflicts + owned
     if problems:
         raise CheckFailed("; ".join(problems) + "; nothing was changed on any cluster",
                           hint="; ".join(hints))

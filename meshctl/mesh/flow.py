@@ -125,7 +125,8 @@ def _intermediate(name: str) -> Action:
         with live._lock:  # the first step makes every missing one (keys in parallel)
             if name not in live.bundles:
                 assert live.root is not None
-                made = certs.ensure_intermediates(live.root, list(live.plan.names),
+                # the clusters this run writes to (install --cluster: that one only)
+                made = certs.ensure_intermediates(live.root, list(live.names or live.plan.names),
                                                   live.config.mesh.ca)
                 live.bundles.update({n: bundle for n, (bundle, _) in made.items()})
     return do

@@ -17,7 +17,6 @@ never marks the namespace as its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,20 +28,21 @@ from meshctl import istio, kube, manifests, ownership
 from meshctl.config import Cluster, Config
 from meshctl.errors import CheckFailed
 from meshctl.kube import connection
+from meshctl.mesh import install_record
 from meshctl.topology import ClusterPlan, Plan
 
 NS = "istio-system"
 NS_PATH = f"/api/v1/namespaces/{NS}"
 RECORD_PATH = f"/api/v1/namespaces/{NS}/configmaps/meshctl-install"
-# install record keys (values are strings; JSON where structured)
-REC_MESH = "mesh"
-REC_VERSION = "istioctl-version"
-REC_NAMESPACE = "namespace"  # {"created": bool, "uid": str}
-REC_FOREIGN_FIELDS = "foreign-namespace-fields"  # {"labels": {k: {"previous", "manager"}}, …}
-REC_CRDS = "crds"  # "installed": meshctl's first install created Istio's CRDs; "existing"
-OPERATOR_PREFIX = "operator."  # operator.<key>: the IstioOperator text that was installed
-NETWORK_LABEL = "topology.istio.io/network"
-CONTROL_PLANE_ANNOTATION = "topology.istio.io/controlPlaneClusters"
+# install record keys (values are strings; JSON where structured): install_record's shape
+REC_MESH = install_record.MESH
+REC_VERSION = install_record.VERSION
+REC_NAMESPACE = install_record.NAMESPACE
+REC_FOREIGN_FIELDS = install_record.FOREIGN_FIELDS
+REC_CRDS = install_record.CRDS
+OPERATOR_PREFIX = install_record.OPERATOR_PREFIX
+NETWORK_LABEL = install_record.NETWORK_LABEL
+CONTROL_PLANE_ANNOTATION = install_record.CONTROL_PLANE_ANNOTATION
 EASTWEST = "istio-eastwestgateway"
 ADDRESS_TIMEOUT = 120.0
 READY_TIMEOUT = 300.0
@@ -54,9 +54,7 @@ def _quiet(cluster: str, message: str) -> None:
     del cluster, message
 
 
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
+digest = install_record.digest
 
 
 def deployment_problem(k: kube.Kube, name: str, *, namespace: str = NS) -> str | None:
@@ -75,12 +73,21 @@ def deployment_problem(k: kube.Kube, name: str, *, namespace: str = NS) -> str |
     return None
 
 
-def recorded(k: kube.Kube) -> dict[str, str]:
-    """The install record's data; empty when there is none or it is not meshctl's."""
-    cm = k.get(RECORD_PATH, what="read ConfigMap istio-system/meshctl-install")
+def read_record(k: kube.Kube) -> dict | None:
+    """The install record ConfigMap as it is (check it with ``install_record.problem``)."""
+    return k.get(RECORD_PATH, what="read ConfigMap istio-system/meshctl-install")
+
+
+def record_data(cm: Mapping[str, Any] | None) -> dict[str, str]:
+    """The record's data; empty when there is none or it is not meshctl's."""
     if cm is None or not ownership.is_managed(cm):
         return {}
     return dict(cm.get("data") or {})
+
+
+def recorded(k: kube.Kube) -> dict[str, str]:
+    """The install record's data; empty when there is none or it is not meshctl's."""
+    return record_data(read_record(k))
 
 
 def record(k: kube.Kube, mesh_id: str, updates: Mapping[str, str | None]) -> None:
@@ -89,13 +96,6 @@ def record(k: kube.Kube, mesh_id: str, updates: Mapping[str, str | None]) -> Non
     data = {**recorded(k), REC_MESH: mesh_id, **updates}
     data = {key: value for key, value in data.items() if value is not None}
     kube.ensure(k, yaml.safe_load(manifests.install_record(data, mesh_id)))
-
-
-def record_json(data: Mapping[str, str], key: str) -> Any:
-    try:
-        return json.loads(data.get(key) or "null")
-    except ValueError:
-        return None
 
 
 def apply_manifest(k: kube.Kube, text: str, *, force: bool = False) -> list[str]:
@@ -129,7 +129,7 @@ def prepare_namespace(k: kube.Kube, cp: ClusterPlan, mesh_id: str, *,
     """
     wanted = manifests.split(manifests.namespace(cp, mesh_id))[0]
     live = k.get(NS_PATH, what=f"read Namespace {NS}")
-    if live is None or ownership.is_managed(live):
+    if live is None or ownership.is_managed(live, mesh_id):
         result = kube.ensure(k, wanted, live=live, force=force)
         if result == "unchanged":
             return []
@@ -157,28 +157,35 @@ def prepare_namespace(k: kube.Kube, cp: ClusterPlan, mesh_id: str, *,
                                              f"label {result}"]
 
 
-def restore_namespace(k: kube.Kube, rec: Mapping[str, str]) -> list[str]:
-    """Put back what :func:`prepare_namespace` changed on a namespace meshctl found."""
-    before = record_json(rec, REC_FOREIGN_FIELDS)
+def restore_namespace(k: kube.Kube, rec: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """Put back what :func:`prepare_namespace` changed on a namespace meshctl found.
+
+    ``rec`` has passed ``install_record.problem``, so it names only the label and
+    annotation meshctl sets, with values they can hold.  Only on the namespace the record
+    says meshctl found (same uid), and always as meshctl's own field manager: a name read
+    from the cluster is never used to write.  Returns (restored, kept with why).
+    """
+    fields = install_record.foreign_fields(rec)
+    found = install_record.namespace(rec)
     live = k.get(NS_PATH, what=f"read Namespace {NS}")
-    if not before or live is None or ownership.is_managed(live):
-        return []
+    if not fields or live is None or ownership.is_managed(live):
+        return [], []
+    if found is None or found["created"] or found["uid"] != live["metadata"].get("uid"):
+        return [], [f"Namespace {NS}: labels not restored, it is not the namespace meshctl "
+                    "found (uid differs from the install record)"]
     # releasing every field meshctl applied removes those it alone owned
     kube.apply(k, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     live = k.get(NS_PATH, what=f"read Namespace {NS}") or {"metadata": {}}
     restored = []
-    for section, keys in before.items():
-        for key, was in keys.items():
-            now = (live["metadata"].get(section) or {}).get(key)
-            if now == was.get("previous"):
-                restored.append(_restored(section, key, was.get("previous")))
-                continue
-            k.request("PATCH", NS_PATH, body={"metadata": {section: {key: was.get("previous")}}},
-                      query={"fieldManager": was.get("manager") or "meshctl-restore"},
+    for f in fields:
+        now = (live["metadata"].get(f.section) or {}).get(f.key)
+        if now != f.previous:
+            k.request("PATCH", NS_PATH, body={"metadata": {f.section: {f.key: f.previous}}},
+                      query={"fieldManager": ownership.RESTORE_FIELD_MANAGER},
                       content_type="application/merge-patch+json",
-                      what=f"restore {section[:-1]} {key} on Namespace {NS}")
-            restored.append(_restored(section, key, was.get("previous")))
-    return restored
+                      what=f"restore {f.section[:-1]} {f.key} on Namespace {NS}")
+        restored.append(_restored(f.section, f.key, f.previous))
+    return restored, []
 
 
 def _restored(section: str, key: str, previous: str | None) -> str:

@@ -4,18 +4,25 @@ Clusters are shared, so every delete here asks "did meshctl make this, and is it
 recorded?" (``ownership``, the install record in ``install``):
 
 - remote secrets and the exposure Gateways only when they carry meshctl's label;
-- Istio through ``istioctl uninstall -f <the IstioOperator meshctl installed>``, never
-  ``--purge`` (which removes every revision, whoever installed it, and Istio's CRDs);
+- Istio through ``istioctl uninstall -f <the IstioOperator meshctl renders for the
+  cluster>`` for each one the record names, never ``--purge`` (which removes every
+  revision, whoever installed it, and Istio's CRDs), and never the record's own text:
+  istioctl prunes by the file's name and namespace, so a record someone edited could
+  point it at another team's Istio;
 - Istio's CRDs only when the record says meshctl's first install created them, no other
   istiod remains and no custom resource exists that meshctl did not make: deleting a CRD
   deletes every VirtualService, DestinationRule, … of every team;
 - ``cacerts`` only when its root is one of this machine's roots;
-- labels meshctl set on an ``istio-system`` it found are put back to their old values;
-- ``istio-system`` only when meshctl created it (same uid) and nothing else lives in it.
+- the label and annotation meshctl set on an ``istio-system`` it found are put back to
+  their old values, as meshctl's own field manager;
+- ``istio-system`` only when meshctl created it (same uid) and nothing else lives in it,
+  asked of every namespaced kind the API server serves (:mod:`strangers`).
 
-Facts first: istioctl and every cluster's record are read before the first delete, so
-an unreachable cluster stops the teardown before anything is removed anywhere.  What is
-kept is reported with the reason, not silently skipped.
+Facts first: istioctl and every cluster's record are read before the first delete, and
+every record is checked (:mod:`install_record`: its shape, and its meshID against
+mesh.yaml's), so an unreachable cluster or a record meshctl did not write for this mesh
+stops the teardown before anything is removed anywhere.  What is kept is reported with
+the reason, not silently skipped.
 """
 
 from __future__ import annotations
@@ -28,17 +35,12 @@ from typing import Any
 from meshctl import istio, kube, manifests, ownership
 from meshctl.ca import cacerts, pki, rotation_state
 from meshctl.config import Config
+from meshctl.errors import CheckFailed, MeshctlError, one_line
 from meshctl.kube import Kube
-from meshctl.mesh import install, remote_secret
+from meshctl.mesh import install, install_record, remote_secret, strangers
 from meshctl.topology import Plan
 
 NS = install.NS
-# Objects Kubernetes or meshctl's own istiod make in istio-system without a label of ours.
-RUNTIME_CONFIGMAPS = {"kube-root-ca.crt", "istio-ca-root-cert", "istio-ca-crl",
-                      "istio-ip-autoallocate"}
-NAMESPACED_KINDS = (("v1", "configmaps"), ("v1", "secrets"), ("v1", "services"),
-                    ("v1", "serviceaccounts"), ("apps/v1", "deployments"),
-                    ("apps/v1", "daemonsets"), ("apps/v1", "statefulsets"))
 
 
 @dataclass
@@ -67,12 +69,18 @@ def _foreign_custom_resources(k: Kube, crds: list[dict], mesh_id: str) -> list[s
         if version is None:
             continue
         path = f"/apis/{spec['group']}/{version}/{spec['names']['plural']}"
-        for obj in k.items(path, what=f"list {spec['names']['kind']}"):
-            if not ownership.is_managed(obj, mesh_id):
-                meta = obj["metadata"]
-                found.append(f"{spec['names']['kind']} {meta.get('namespace', '')}/"
-                             f"{meta['name']}")
-                break
+        try:
+            for obj in k.items(path, what=f"list {spec['names']['kind']}"):
+                if not ownership.is_managed(obj, mesh_id):
+                    meta = obj["metadata"]
+                    found.append(f"{spec['names']['kind']} {meta.get('namespace', '')}/"
+                                 f"{meta['name']}")
+                    break
+        except kube.NotFound:
+            continue  # that CRD went away meanwhile
+        except MeshctlError as e:  # not knowing is a reason to keep, said as such
+            found.append(f"{spec['names']['kind']} (could not be listed: "
+                         f"{one_line(str(e).split(': ')[-1], 80)})")
     return found
 
 
@@ -94,20 +102,30 @@ def _crds(k: Kube, cluster: str, rec: Mapping[str, str], mesh_id: str, report: R
     report.removed.extend(install.purge_istio_crds(k, progress=progress))
 
 
-def _uninstall(k: Kube, ctl: istio.Istioctl, config: Config, name: str,
+def _uninstall(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name: str,
                rec: Mapping[str, str], report: Report, progress: install.Progress) -> None:
-    """``istioctl uninstall -f`` each IstioOperator the record holds, gateway first."""
-    keys = sorted((key for key in rec if key.startswith(install.OPERATOR_PREFIX)),
-                  key=lambda key: "istio-operator" in key)  # the control plane last
-    for key in keys:
-        progress(name, f"istioctl uninstall ({key.removeprefix(install.OPERATOR_PREFIX)}) …")
+    """``istioctl uninstall -f`` each IstioOperator the record names, gateway first.
+
+    The file is meshctl's own render for this cluster (``meshctl-<cluster>``,
+    ``meshctl-eastwest-<cluster>`` in ``istio-system``), never the record's text:
+    istioctl prunes what carries the file's name and namespace as its owning resource,
+    and reads charts from a path the file may name.  A remote-role cluster's operator
+    is rendered with its placeholder address: uninstall reads no address.
+    """
+    cp = plan.get(name)
+    renders = {install_record.EASTWEST: lambda: manifests.eastwest_gateway(config, cp),
+               install_record.CONTROL_PLANE: lambda: manifests.istio_operator(config, plan, cp)}
+    for key, render in renders.items():  # the control plane last
+        if key not in rec and install.OPERATOR_PREFIX + key not in rec:
+            continue
+        progress(name, f"istioctl uninstall ({key}) …")
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshctl-iop-") as f:
-            f.write(rec[key])
+            f.write(render())
             f.flush()
             istio.run(ctl, config.clusters[name], ["uninstall", "-y", "-f", f.name],
                       what="istioctl uninstall")
-        report.removed.append(f"Istio ({key.removeprefix(install.OPERATOR_PREFIX)}, "
-                              "istioctl uninstall -f)")
+        report.removed.append(f"Istio ({key}, istioctl uninstall -f "
+                              f"{install_record.operator_name(name, key)})")
 
 
 def _cacerts(k: Kube, config: Config, report: Report) -> None:
@@ -127,50 +145,23 @@ def _cacerts(k: Kube, config: Config, report: Report) -> None:
         report.removed.append(cacerts.WHAT)
 
 
-def _runtime_configmap(name: str) -> bool:
-    """ConfigMaps istiod makes for itself: the root cert and its leader elections."""
-    return name in RUNTIME_CONFIGMAPS or (
-        name.startswith("istio-") and name.endswith(("leader", "election")))
-
-
-def _strangers(k: Kube, cluster: str, mesh_id: str) -> list[str]:
-    """Objects in istio-system that neither meshctl nor its Istio made."""
-    found = []
-    for api, plural in NAMESPACED_KINDS:
-        base = f"/api/{api}" if "/" not in api else f"/apis/{api}"
-        for obj in k.items(f"{base}/namespaces/{NS}/{plural}", what=f"list {plural} in {NS}"):
-            meta = obj["metadata"]
-            name = meta["name"]
-            if ownership.is_managed(obj, mesh_id) or ownership.installed_by_meshctl(obj, cluster):
-                continue
-            if meta.get("deletionTimestamp"):
-                continue
-            if plural == "configmaps" and _runtime_configmap(name):
-                continue
-            if plural == "serviceaccounts" and name == "default":
-                continue
-            if plural == "secrets" and obj.get("type") == "kubernetes.io/service-account-token":
-                continue  # the token controller removes these with their ServiceAccount
-            found.append(f"{plural[:-1]} {name}")
-    return found
-
-
-def _namespace(k: Kube, cluster: str, rec: Mapping[str, str], mesh_id: str,
+def _namespace(k: Kube, config: Config, cluster: str, rec: Mapping[str, str], mesh_id: str,
                report: Report, progress: install.Progress) -> None:
     live = k.get(install.NS_PATH, what=f"read Namespace {NS}")
     if live is None:
         return
-    made = install.record_json(rec, install.REC_NAMESPACE) or {}
-    if not ownership.is_managed(live):
+    made = install_record.namespace(rec)
+    if not ownership.is_managed(live, mesh_id):
         report.kept.append(f"Namespace {NS}: meshctl did not create it")
         return
-    if made.get("uid") and made["uid"] != live["metadata"].get("uid"):
+    if made is not None and (not made["created"]
+                             or made["uid"] != live["metadata"].get("uid")):
         report.kept.append(f"Namespace {NS}: not the one meshctl created (uid differs)")
         return
-    strangers = _strangers(k, cluster, mesh_id)
-    if strangers:
-        report.kept.append(f"Namespace {NS}: it holds objects meshctl did not make "
-                           f"({', '.join(strangers[:4])}{', …' if len(strangers) > 4 else ''})")
+    why = strangers.why_kept(k, NS, cluster=cluster, mesh_id=mesh_id,
+                             revision=config.mesh.istio.revision)
+    if why:
+        report.kept.append(f"Namespace {NS}: {why}")
         return
     if kube.delete(k, live | {"apiVersion": "v1", "kind": "Namespace"}):
         report.removed.append(f"Namespace {NS}")
@@ -182,8 +173,13 @@ def _exposures(k: Kube, config: Config, plan: Plan, report: Report) -> None:
     docs = [*manifests.split(manifests.expose_istiod(config)),
             *manifests.split(manifests.expose_services(plan.mesh_id))]
     for doc in docs:
-        if _crd_exists(k, doc) and kube.delete(k, doc):
+        if not _crd_exists(k, doc):
+            continue
+        if kube.delete(k, doc):
             report.removed.append(kube.describe(doc))
+        elif (live := k.get(kube.object_path(doc), what=f"read {kube.describe(doc)}")) \
+                and kube.not_ours(live, doc):
+            report.kept.append(f"{kube.describe(doc)}: meshctl did not make it")
 
 
 def _crd_exists(k: Kube, doc: Mapping[str, Any]) -> bool:
@@ -202,18 +198,32 @@ def undo_cluster(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name:
     if not rec:
         report.kept.append("no meshctl install record: Istio on this cluster (if any) "
                            "is not meshctl's")
-    _uninstall(k, ctl, config, name, rec, report, progress)
+    _uninstall(k, ctl, config, plan, name, rec, report, progress)
     if rec:
         _crds(k, name, rec, plan.mesh_id, report, progress)
     _cacerts(k, config, report)
     if rec:
-        report.restored.extend(f"Namespace {NS}: {what}" for what in
-                               install.restore_namespace(k, rec))
+        restored, kept = install.restore_namespace(k, rec)
+        report.restored.extend(f"Namespace {NS}: {what}" for what in restored)
+        report.kept.extend(kept)
         record = manifests.split(manifests.install_record({}, plan.mesh_id))[0]
         if kube.delete(k, record):
             report.removed.append(kube.describe(record))
-    _namespace(k, name, rec, plan.mesh_id, report, progress)
+    _namespace(k, config, name, rec, plan.mesh_id, report, progress)
     return report
+
+
+def check_records(cms: Mapping[str, Mapping[str, Any] | None], plan: Plan) -> None:
+    """Every cluster's install record is what meshctl wrote for this mesh, or nothing is
+    removed anywhere: a record is cluster data, and teardown acts on it as an admin."""
+    problems = [p for n, cm in cms.items()
+                if (p := install_record.problem(cm, cluster=n, mesh_id=plan.mesh_id))]
+    if problems:
+        raise CheckFailed("; ".join(problems) + "; nothing was removed on any cluster",
+                          hint="run teardown with the clusters folder that installed it; a "
+                               "record someone else changed is not acted on: restore it, or "
+                               "delete ConfigMap istio-system/meshctl-install and clean up "
+                               "by hand")
 
 
 def run(config: Config, plan: Plan, *, each: Any,
@@ -225,12 +235,17 @@ def run(config: Config, plan: Plan, *, each: Any,
     names = list(plan.names)
     clients: dict[str, Kube] = each(names, lambda n: kube.client(config.clusters[n]))
     ctl = istio.find()
-    records = each(names, lambda n: install.recorded(clients[n]))
+    cms = each(names, lambda n: install.read_record(clients[n]))
+    check_records(cms, plan)
+    records = {n: install.record_data(cms[n]) for n in names}
     reports = {n: Report() for n in names}
 
     def unlink(index: int) -> None:
         lk = plan.links[index]
-        if remote_secret.remove(clients[lk.target], lk.source):
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": remote_secret.secret_name(lk.source), "namespace": NS,
+            "labels": ownership.labels(plan.mesh_id)}}  # this mesh's only
+        if kube.delete(clients[lk.target], secret):
             reports[lk.target].removed.append(f"remote secret for {lk.source}")
 
     each(list(range(len(plan.links))), unlink)

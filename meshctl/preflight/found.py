@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from meshctl import ownership
+from meshctl.ca import pki
 from meshctl.errors import one_line
 
 ISTIO_NS = "istio-system"
@@ -38,7 +39,10 @@ HELM_SELECTOR = "owner=helm,status notin (superseded,uninstalled)"
 MAX_RELEASE_BYTES = 16 * 2**20  # decompressed Helm payload; real Istio charts are < 4 MiB
 MAX_CONFIG_BYTES = 256 * 1024  # a mesh config YAML or values JSON we are willing to parse
 GZIP_MAGIC = b"\x1f\x8b"
-CONFIG_KEYS = ("mesh", "merged-values", "values")  # what settings_from reads
+ROOT_CERT_CM = "istio-ca-root-cert"  # istiod publishes the root it signs under here
+ROOT_CERT_KEY = "root-cert.pem"
+# what settings_from reads, and the root istiod serves (:func:`served_roots`)
+CONFIG_KEYS = ("mesh", "merged-values", "values", ROOT_CERT_KEY)
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$")
 # Istio's chart names (manifests/charts); the generic ones must also say "istio".
 ISTIO_CHARTS = {"istiod", "istiod-remote", "ztunnel", "istio-cni", "istio-discovery",
@@ -330,6 +334,19 @@ def settings_from(configmaps: Mapping[str, Mapping[str, Any]], revision: str) ->
         put("clusterName", _dig(values, "global", "multiCluster", "clusterName"),
             f"{source} global.multiCluster.clusterName")
     return found
+
+
+def served_roots(configmaps: Mapping[str, Mapping[str, Any]]) -> set[str] | None:
+    """Fingerprints of the roots istiod serves (``istio-ca-root-cert`` in istio-system,
+    which istiod writes from the CA it loaded at start), or None when it has written none
+    or it does not parse."""
+    pem = (configmaps.get(ROOT_CERT_CM) or {}).get(ROOT_CERT_KEY)
+    if not isinstance(pem, str) or len(pem) > MAX_CONFIG_BYTES:
+        return None
+    try:
+        return {pki.fingerprint(c) for c in pki.load_certs(pem.encode())}
+    except ValueError:
+        return None
 
 
 def record_from(cm: Mapping[str, Any]) -> tuple[bool, str]:

@@ -10,7 +10,8 @@ each sign of someone else's Istio is a FAIL, naming what was found:
   install record;
 - ``istio-helm``: a Helm release of an Istio chart (meshctl never uses Helm);
 - ``istio-operator``: an IstioOperator resource not named as meshctl's;
-- ``istio-ca``: ``istio-system/istio-ca-secret``, istiod's self-signed CA, in use;
+- ``istio-ca``: ``istio-system/istio-ca-secret``, istiod's self-signed CA, in use (also
+  when ``cacerts`` came after istiod started: istiod has not loaded it until restarted);
 - ``injector-webhook``: a sidecar-injector webhook that is not meshctl's;
 - ``mesh-config``: on a cluster meshctl did install, a live meshID, trustDomain,
   clusterName or network that differs from the cluster files (drift).
@@ -27,9 +28,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from meshctl import ownership
+from meshctl.ca import pki
 from meshctl.config import Mesh
-from meshctl.preflight.checks import FAIL, PASS, Result, result
-from meshctl.preflight.found import Found, is_meshctl_operator, settings_from
+from meshctl.preflight.checks import FAIL, PASS, WARN, Result, result
+from meshctl.preflight.found import (
+    ISTIO_NS,
+    ROOT_CERT_CM,
+    Found,
+    is_meshctl_operator,
+    served_roots,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     from meshctl.preflight.facts import Facts
@@ -128,9 +137,12 @@ def operators(facts: Facts) -> Result:
 def ca_secret(facts: Facts) -> Result:
     """``istio-ca``: istiod signing with its own self-signed root is someone's live mesh.
 
-    istiod writes ``istio-ca-secret`` only when it started without ``cacerts``.  On a
-    cluster meshctl installed that now has ``cacerts``, istiod reads ``cacerts`` and
-    the old secret is a leftover, not a CA in use.
+    istiod writes ``istio-ca-secret`` only when it started without ``cacerts``, and it
+    reads ``cacerts`` only when it starts: one pushed later waits for a restart.  So on a
+    cluster meshctl installed, the old secret is a leftover only once istiod serves the
+    root of ``cacerts`` (``istio-ca-root-cert``); until then the self-signed CA still
+    signs every workload certificate (FAIL), and with no root published yet there is no
+    telling (WARN).
     """
     failed = _unread(facts, "istio-ca", "ca-secret", "configmaps")
     if failed:
@@ -139,15 +151,34 @@ def ca_secret(facts: Facts) -> Result:
     if not got.ca_secret:
         return result(facts, "istio-ca", PASS, "no self-signed Istio CA (istio-ca-secret)")
     where = "istio-system/istio-ca-secret"
+    restart = (f"restart istiod so it loads cacerts (kubectl -n {ISTIO_NS} rollout restart "
+               f"deployment/{{istiod}}), then delete istio-ca-secret")
     if got.record and facts.cacerts_present:
-        return result(facts, "istio-ca", PASS, f"{where} is a leftover: istiod uses "
-                      "istio-system/cacerts, which take precedence")
+        served = served_roots(got.configmaps)
+        ours = {pki.fingerprint(r) for r in facts.cacerts.roots} if facts.cacerts else set()
+        hint = restart.format(istiod=_istiod_name(facts))
+        if served and ours & served:
+            return result(facts, "istio-ca", PASS, f"{where} is a leftover: istiod serves "
+                          f"the root of istio-system/cacerts ({ROOT_CERT_CM})")
+        if served is None or not ours:
+            return result(facts, "istio-ca", WARN, f"{where} exists beside istio-system/"
+                          f"cacerts, and there is no telling which one istiod signs with "
+                          f"(no readable {ROOT_CERT_CM} or cacerts)", hint=hint,
+                          found=[f"Secret {where}"])
+        return result(facts, "istio-ca", FAIL, f"istiod has not loaded istio-system/cacerts: "
+                      f"it serves another root ({ROOT_CERT_CM}) and still signs with its "
+                      f"self-signed CA ({where})", hint=hint, found=[f"Secret {where}"])
     why = ("an Istio meshctl did not install signs workload certificates with it"
            if not got.record else "istiod started before cacerts existed")
     return result(facts, "istio-ca", FAIL, f"self-signed Istio CA in use ({where}): {why}",
                   hint=HINT if not got.record else
-                  "restart istiod after cacerts is in place, then delete istio-ca-secret",
+                  "push cacerts (certs.issue), restart istiod, then delete istio-ca-secret",
                   found=[f"Secret {where}"])
+
+
+def _istiod_name(facts: Facts) -> str:
+    ours = [d.name for d in facts.istio_found.istiods if mine(facts, d)]
+    return ours[0] if ours else "istiod"
 
 
 def webhooks(facts: Facts) -> Result:
