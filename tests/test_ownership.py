@@ -191,10 +191,24 @@ def test_field_owned_by_another_manager(tmp_path: Path, shared, proxied) -> None
         assert core.read_namespace(NS).metadata.labels[
             "topology.istio.io/network"] == "network1"
 
+        # the record names the previous manager; a restore never writes under a name read
+        # from the cluster (here: one an editor of the record chose)
+        record = core.read_namespaced_config_map("meshctl-install", NS)
+        fields = json.loads(record.data["foreign-namespace-fields"])
+        assert fields["labels"]["topology.istio.io/network"] == {
+            "previous": "their-network", "manager": "kubectl-label"}
+        fields["labels"]["topology.istio.io/network"]["manager"] = "kube-apiserver"
+        core.patch_namespaced_config_map("meshctl-install", NS, {"data": {
+            "foreign-namespace-fields": json.dumps(fields)}})
+
         down = run(shared, "teardown", *args(folder), "--yes")
         assert down.returncode == 0, down.stderr[-3000:]
-        assert core.read_namespace(NS).metadata.labels[
-            "topology.istio.io/network"] == "their-network"
+        after = _kubectl_json(shared["cluster2"], "namespace", NS)["metadata"]
+        assert after["labels"]["topology.istio.io/network"] == "their-network"
+        owners = [m["manager"] for m in after["managedFields"]
+                  if "f:topology.istio.io/network" in (
+                      m.get("fieldsV1", {}).get("f:metadata", {}).get("f:labels") or {})]
+        assert owners == ["meshctl-restore"], after["managedFields"]
     finally:
         core.delete_namespace(NS)
         assert_torn_down(shared, ["cluster1", "cluster2"])

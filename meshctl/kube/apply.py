@@ -3,11 +3,10 @@
 :func:`ensure` reads first and applies only when the live object differs or holds a
 field meshctl no longer sets, so a re-run of bootstrap sends no mutating request.  A
 field another manager owns is a :class:`FieldConflict` naming the field and the manager
-(exit 1) unless forced; an object without meshctl's label is :class:`NotOwned` and never
-adopted, not even with ``--force`` (which takes fields over and leaves the object theirs);
-:func:`delete` removes only what carries meshctl's label (and the mesh's, when the
-object meshctl renders has one), with a uid precondition so a re-created object of the
-same name is not touched.
+(exit 1) unless forced; an object without meshctl's label (or with another mesh's) is
+:class:`NotOwned` and never adopted silently; :func:`delete` removes only what carries
+meshctl's label (and the mesh's, when the object meshctl renders has one), with a uid
+precondition so a re-created object of the same name is not touched.
 """
 
 from __future__ import annotations
@@ -200,28 +199,23 @@ def ensure(kube: Kube, obj: Mapping[str, Any], *, live: Any = UNREAD,
 
     Reads first and compares (:func:`in_sync`), so a converged cluster sees GETs only.
     An object ``obj`` marks as meshctl's that exists without meshctl's label (or with
-    another mesh's) belongs to someone else: :class:`NotOwned`, unless ``force``, which
-    takes over the fields meshctl sets but never the object: it is applied without
-    meshctl's labels, so teardown (which deletes only what carries them) leaves it.
-    A caller that has just read the object passes it as ``live`` (``None``: absent) so
-    it is not read twice.
+    another mesh's) belongs to someone else: :class:`NotOwned`, unless ``force`` (which
+    takes over conflicting fields and, with ``obj``'s labels, the object: a caller that
+    deletes by label passes ``ownership.without_ownership(obj)`` instead, as bootstrap
+    does).  A caller that has just read the object passes it as ``live`` (``None``:
+    absent) so it is not read twice.
     """
     path, what = object_path(obj), describe(obj)
     if live is UNREAD:
         live = kube.get(path, what=f"read {what}")
-    theirs = not_ours(live, obj)
-    if theirs and not force:
+    if not_ours(live, obj) and not force:
         raise NotOwned(not_ours_message(kube.cluster, live, obj),
-                       hint="remove or rename it, or re-run with --force to take its fields "
-                            "over (it stays theirs: teardown keeps it)")
-    if theirs:
-        obj = ownership.without_ownership(obj)
+                       hint="remove or rename it, or re-run with --force to take it over")
     if in_sync(live, obj):
         return "unchanged"
     result = apply(kube, obj, force=force)
     verb = "created" if live is None else "updated"
-    note = "; still not meshctl's (teardown keeps it)" if theirs else ""
-    return (verb if result == "applied" else f"{verb}; {result}") + note
+    return verb if result == "applied" else f"{verb}; {result}"
 
 
 def _value_at(obj: Any, path: tuple) -> Any:

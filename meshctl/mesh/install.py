@@ -99,12 +99,21 @@ def record(k: kube.Kube, mesh_id: str, updates: Mapping[str, str | None]) -> Non
 
 
 def apply_manifest(k: kube.Kube, text: str, *, force: bool = False) -> list[str]:
-    """``ensure`` every document of a rendered manifest; returns what changed."""
+    """``ensure`` every document of a rendered manifest; returns what changed.
+
+    One that exists as someone else's is refused (``NotOwned``), and with ``force`` its
+    fields are taken over without meshctl's labels: ``--force`` never makes an object
+    meshctl's, since teardown deletes what carries them.
+    """
     changed = []
     for doc in manifests.split(text):
-        result = kube.ensure(k, doc, force=force)
+        live = k.get(kube.object_path(doc), what=f"read {kube.describe(doc)}")
+        theirs = force and kube.not_ours(live, doc)
+        result = kube.ensure(k, ownership.without_ownership(doc) if theirs else doc,
+                             live=live, force=force)
         if result != "unchanged":
-            changed.append(f"{kube.describe(doc)} {result}")
+            changed.append(f"{kube.describe(doc)} {result}"
+                           + ("; still not meshctl's (teardown keeps it)" if theirs else ""))
     return changed
 
 

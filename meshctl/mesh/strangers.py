@@ -36,7 +36,7 @@ from meshctl import ownership
 from meshctl.errors import MeshctlError, one_line
 from meshctl.kube import Kube, NotFound, inventory
 
-SHOWN = 6  # strangers named in one line
+SHOWN = 10  # strangers named in one line
 # istiod's own ConfigMaps (root cert for every namespace, CRL) and CA Secret
 ISTIOD_CONFIGMAPS = frozenset({"istio-ca-root-cert", "istio-ca-crl"})
 ISTIOD_CA_SECRET = ("istio-ca-secret", "istio.io/ca-root")
