@@ -171,12 +171,15 @@ def install_manifests(config: Config, plan: Plan, name: str) -> dict[str, str]:
 
 def install_one(config: Config, plan: Plan, name: str, *,
                 progress: install.Progress = install._quiet) -> str | None:
-    """Istio on one cluster: the flow's namespace and install steps for ``name`` only
-    (facts of that cluster first; a remote-role cluster reads its main's address)."""
+    """Istio on one cluster: the flow's steps for ``name`` only (facts of that cluster
+    first; a remote-role cluster reads its main's address).  Its ``cacerts`` goes in
+    before istioctl, as in bootstrap: an istiod started without it signs with a
+    self-signed CA of its own and keeps it until restarted."""
     cp = plan.get(name)
-    chosen = [s for s in flow.steps(config, plan) if s.cluster == name and (
-        s.phase in ("facts", "install primaries", "install remotes")
-        or s.objects == ("Namespace istio-system",))]
+    local = ("root CA", "check cacerts")
+    chosen = [s for s in flow.steps(config, plan) if (s.cluster == name and s.phase in (
+        "facts", "prepare", "install primaries", "install remotes")) or (
+        s.cluster is None and (s.phase in local or s.files[:1] == (f"{name}/{certs.CA_CERT}",)))]
     live = flow.Live(config, plan, skip_preflight=True, progress=progress, names=[name])
     address = flow.main_address(config, cp)
     if address:
