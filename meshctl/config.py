@@ -76,11 +76,9 @@ class Cluster:
 class CASettings:
     """Where the root CA lives (the operator's machine only) and how certificates are made.
 
-    ``dir`` is resolved against ``mesh.yaml``'s folder when ``ca.dir`` is relative, so
-    every working directory finds the same root.  ``cwd_dir`` is where meshctl before
-    that looked (the same relative path from the working directory), or ``None`` when
-    ``ca.dir`` is absolute: a root found only there is refused, never silently doubled.
-    """
+    A relative ``ca.dir`` is ``dir`` from ``mesh.yaml``'s folder, the same from every
+    working directory; ``cwd_dir`` is where earlier meshctl looked (from the working
+    directory; ``None`` when absolute): a root only there is refused, never doubled."""
 
     dir: Path = Path(".meshctl/ca")
     key: str = "rsa-4096"
@@ -258,8 +256,7 @@ def _api_server(path: Path, value: str | None) -> str | None:
 
 
 def _near(path: Path, value: str | None) -> str | None:
-    """A path from ``path``'s file, resolved against that file's folder when relative
-    (never against the working directory, which differs from run to run)."""
+    """A relative path from ``path``'s file: beside that file, not in the working dir."""
     if value is None or value.startswith("~") or Path(value).is_absolute():
         return value
     return str(path.parent / value)
@@ -324,9 +321,7 @@ def load_mesh(path: Path) -> Mesh:
 
     istio_raw = _mapping(path, "key 'istio'", data.get("istio") or {})
     _check_keys(path, "istio", istio_raw, ISTIO_KEYS)
-    revision = istio_raw.get("revision") or ""
-    if revision and not isinstance(revision, str):
-        raise ConfigError(f"{path}: key 'istio.revision': {revision!r} is not a DNS-1123 label")
+    revision = _string(path, "istio.revision", istio_raw.get("revision") or None) or ""
     if revision:
         _label(path, "istio.revision", revision, longest=names.REVISION_MAX,
                why="; istiod-<revision> becomes a Service name of at most 63")

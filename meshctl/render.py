@@ -8,15 +8,19 @@ through ``tojson`` in the templates, which is valid YAML and cannot break struct
 from __future__ import annotations
 
 import copy
+import importlib.resources
 from collections.abc import Mapping
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+from meshctl.errors import UsageError
+
+# templates/ at the top of the repository, installed as this package (setup.py): a wheel
+# carries it, so a non-editable install renders too
+TEMPLATES_PACKAGE = "meshctl.templates"
 
 
 def _tojson(value: Any) -> Any:
@@ -28,9 +32,27 @@ def _tojson(value: Any) -> Any:
 
 
 @cache
+def _templates() -> importlib.resources.abc.Traversable:
+    try:
+        return importlib.resources.files(TEMPLATES_PACKAGE)
+    except ModuleNotFoundError:
+        raise UsageError(f"meshctl's templates ({TEMPLATES_PACKAGE}) are not installed",
+                         hint="an editable install from before they were package data: "
+                              "run pip install -e . again") from None
+
+
+def _source(name: str) -> str | None:
+    """A template's text from the installed package (``None``: jinja2's not-found)."""
+    try:
+        return _templates().joinpath(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+@cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.FunctionLoader(_source),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # YAML, not HTML; values are quoted with tojson

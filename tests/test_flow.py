@@ -56,8 +56,10 @@ def test_every_step_can_do_itself_and_phases_are_contiguous(tmp_path: Path, fold
     assert links and all(s.lane != s.cluster for s in links)  # a lane per source
     result = bootstrap.dry_run(cfg, plan, tmp_path / "out")
     document = json.loads((tmp_path / "out" / bootstrap.PLAN_FILE).read_text())
-    assert [dict(s.describe(), order=i + 1) for i, s in enumerate(result.steps)] \
-        == document["steps"]
+    for i, (s, planned) in enumerate(zip(result.steps, document["steps"], strict=True)):
+        # "files": what this dry-run wrote for the step (no key, no unsigned intermediate)
+        assert dict(s.describe(), order=i + 1, files=planned["files"]) == planned
+        assert all((tmp_path / "out" / f).is_file() for f in planned["files"])
 
 
 def _reported(stderr: str) -> list[dict[str, str]]:

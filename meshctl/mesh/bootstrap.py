@@ -2,8 +2,7 @@
 
 The steps are built from the plan alone; the dry-run prints them and the live run
 executes the same list, so the dry-run shows exactly what the live run does.  A dry-run
-contacts no cluster: it builds every certificate and manifest in memory, and only when
-all of them exist writes them under ``--out`` (one folder per cluster) with ``plan.json``.
+contacts no cluster and signs nothing with the real root (:mod:`meshctl.mesh.dry_run`).
 
 Values that only a live cluster can give (an east-west gateway's address, a remote
 secret's token) appear as named placeholders, never as made-up values.
@@ -11,114 +10,18 @@ secret's token) appear as named placeholders, never as made-up values.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from meshctl import files, istio, kube, manifests
-from meshctl.ca import cacerts, certs, pki
+from meshctl import istio, kube
+from meshctl.ca import certs
 from meshctl.config import Config
-from meshctl.errors import UsageError
 from meshctl.kube import Kube
 from meshctl.mesh import facts, flow, install, remote_secret
 from meshctl.mesh import teardown as teardown_mod
-from meshctl.topology import Plan, east_west_placeholder
+from meshctl.mesh.dry_run import PLAN_FILE, DryRun, dry_run, plan_document  # noqa: F401
+from meshctl.topology import Plan
 
-PLAN_FILE = "plan.json"
 TOKEN_PLACEHOLDER = flow.TOKEN_PLACEHOLDER
-
-
-@dataclass
-class DryRun:
-    """What a dry-run wrote and found."""
-
-    out: Path
-    root_source: str  # "existing" (from ca.dir) or "ephemeral" (in memory, not saved)
-    root_fingerprint: str
-    steps: list[flow.Step]
-    written: list[Path] = field(default_factory=list)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    parent = out.parent if not out.exists() else out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is not a folder")
-
-
-def dry_run(config: Config, plan: Plan, out: Path) -> DryRun:
-    """Write every certificate and manifest bootstrap would apply; contact no cluster.
-
-    The root CA comes from ``ca.dir`` when one exists; otherwise an ephemeral root is
-    made in memory so the intermediates are real, and nothing of it but its
-    certificate is written (a dry-run must not create CA state).
-    """
-    _check_out(out)
-    if certs.root_exists(config.mesh.ca):
-        root, root_source = certs.load_root(config.mesh.ca), "existing"
-        certs.refuse_to_sign(root, config.mesh.ca)
-    else:
-        root, root_source = certs.make_root(config.mesh.ca), "ephemeral"
-
-    # Build everything in memory first: a failure here leaves the disk untouched.
-    payload: dict[Path, tuple[bytes, int]] = {}
-    existing = {c.name: certs.load_bundle(certs.cluster_dir(config.mesh.ca, c.name), c.name)
-                for c in plan.clusters}
-    fresh = certs.make_intermediates(root, [  # keys made in parallel
-        n for n, b in existing.items() if b is None or certs.chain_problem(b, root.cert)],
-        config.mesh.ca)
-    for c in plan.clusters:
-        bundle = fresh.get(c.name) or existing[c.name]
-        assert bundle is not None
-        for name, data in bundle.files().items():
-            mode = files.PRIVATE if name == certs.CA_KEY else files.PUBLIC
-            payload[out / c.name / name] = (data, mode)
-        payload[out / c.name / "cacerts.yaml"] = (
-            cacerts.manifest(bundle, config.mesh.mesh_id).encode(), files.PRIVATE)
-        for name, text in manifests.for_cluster(config, plan, c).items():
-            payload[out / c.name / name] = (text.encode(), files.PUBLIC)
-
-    result = DryRun(out=out, root_source=root_source,
-                    root_fingerprint=pki.fingerprint(root.cert), steps=flow.steps(config, plan))
-    document = plan_document(config, plan, result)
-    payload[out / PLAN_FILE] = (json.dumps(document, indent=2).encode() + b"\n", files.PUBLIC)
-
-    # all files or none (a full disk or a read-only --out is one line, nothing half-written)
-    result.written.extend(files.write_all(payload))
-    for c in plan.clusters:  # then drop files an earlier dry-run wrote that this plan has not
-        folder = out / c.name
-        if folder.is_dir():
-            for stale in folder.iterdir():
-                if stale.is_file() and stale not in payload and stale.suffix in (".pem",
-                                                                                   ".yaml"):
-                    stale.unlink()
-    return result
-
-
-def plan_document(config: Config, plan: Plan, result: DryRun) -> dict[str, Any]:
-    """``plan.json``: the plan, the CA used, and the ordered steps."""
-    placeholders = {east_west_placeholder(c.name): "address of the east-west gateway's "
-                    "LoadBalancer (or the cluster file's eastWestAddress), known after install"
-                    for c in plan.clusters if c.east_west_gateway}
-    placeholders.update({TOKEN_PLACEHOLDER.format(source=link.source):
-                         f"token of istio-system/istio-reader-service-account on {link.source}"
-                         for link in plan.links})
-    return {
-        "apiVersion": "meshctl/v1",
-        "kind": "BootstrapPlan",
-        "dryRun": True,
-        "mesh": {"meshID": plan.mesh_id, "trustDomain": config.mesh.trust_domain,
-                 "model": plan.model, "multiNetwork": plan.multi_network},
-        "ca": {"dir": str(config.mesh.ca.dir), "root": result.root_source,
-               "rootFingerprint": result.root_fingerprint, "keyType": config.mesh.ca.key},
-        "plan": plan.to_dict(),
-        "placeholders": placeholders,
-        "steps": [dict(s.describe(), order=i + 1) for i, s in enumerate(result.steps)],
-    }
 
 
 # --- the live run ----------------------------------------------------------------------

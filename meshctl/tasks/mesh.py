@@ -125,16 +125,32 @@ def bootstrap(c, main=None, remote=None, dry_run=False, out="out", skip_prefligh
 
 def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
     from meshctl.mesh import bootstrap as flow
+    from meshctl.mesh import dry_run as dry_run_mod
 
     result = flow.dry_run(cfg, plan, out)
     document = flow.plan_document(cfg, plan, result)
     report.out.print(report.plan_table(document))
     ca_dir = cfg.mesh.ca.dir
-    root = (f"existing root from {ca_dir}" if result.root_source == "existing"
-            else f"ephemeral root (no CA in {ca_dir}; run certs.init to keep one)")
+    if result.root_source == "existing":
+        issued = [n for n, d in result.intermediates.items() if d["status"] == "to be issued"]
+        root = (f"existing root from {ca_dir}, nothing signed with it, no key copied out"
+                + (f"; intermediates to be issued described in {out}/<cluster>/"
+                   f"{dry_run_mod.INTERMEDIATE_FILE} ({', '.join(issued)})"
+                   if issued else ""))
+    else:
+        root = (f"EPHEMERAL root (no CA in {ca_dir}; its files are marked so and are not "
+                "what bootstrap applies; run certs.init to keep a root)")
     report.out.print(f"dry-run: wrote {len(result.written)} files under {out}/ "
                      f"({', '.join(plan.names)} + {flow.PLAN_FILE}); CA: {root}; "
-                     "no cluster was contacted")
+                     "no cluster was contacted", markup=False, highlight=False)
+    for path in result.removed:
+        report.err.print(f"removed {path} (written by an earlier dry-run, not by this one)",
+                         markup=False, highlight=False)
+    for path in result.stray_keys:
+        report.err.print(f"warning: {path}: a CA key this dry-run did not write (dry-runs "
+                         "before this version left intermediates signed by the real root "
+                         "there, with their keys); delete it unless it is yours",
+                         markup=False, highlight=False)
 
 
 @_common.mesh_task(iterable=("cluster",), help={
