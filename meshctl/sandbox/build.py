@@ -35,6 +35,9 @@ class GoBuild:
     packages: tuple[str, ...]
     outputs: tuple[str, ...]
     ldflags: str = ""
+    # One ``go build -o <output>`` per package, for packages whose directory name is not
+    # the binary's name (Istio's echo ``cmd/server`` and ``cmd/client``).
+    one_by_one: bool = False
 
 
 def _module_version(module: str, path: str) -> str:
@@ -81,6 +84,14 @@ BUILDS = (
                          "istio.io/istio/pilot/cmd/pilot-discovery"),
             ("istioctl", "pilot-discovery"),
             f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}"),
+    # The sandbox's workloads (sandbox.workload): pilot-agent and Istio's echo server and
+    # client, same pin, proxyless gRPC.  Not needed to start a sandbox.
+    GoBuild("workload", ("istio.io/istio/pilot/cmd/pilot-agent",
+                         "istio.io/istio/pkg/test/echo/cmd/server",
+                         "istio.io/istio/pkg/test/echo/cmd/client"),
+            ("pilot-agent", "echo-server", "echo-client"),
+            f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}",
+            one_by_one=True),
 )
 BINARIES = tuple(out for b in BUILDS for out in b.outputs)
 # What ``up`` runs (pilot-discovery for every istiod pod, see sandbox.istiod); istioctl
@@ -169,14 +180,23 @@ def build(*, progress: Progress | None = None) -> BuildResult:
 
 def _go_build(go: str, b: GoBuild, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    dest = str(out / b.outputs[0]) if b.packages == (".",) else f"{out}/"
-    argv = [go, "build"] + (["-ldflags", b.ldflags] if b.ldflags else []) + ["-o", dest,
-                                                                           *b.packages]
-    result = subprocess.run(argv, cwd=SOURCES / b.module, capture_output=True, text=True,
+    flags = ["-ldflags", b.ldflags] if b.ldflags else []
+    if b.one_by_one:
+        calls = [[go, "build", *flags, "-o", str(out / name), pkg]
+                 for pkg, name in zip(b.packages, b.outputs, strict=True)]
+    else:
+        dest = str(out / b.outputs[0]) if b.packages == (".",) else f"{out}/"
+        calls = [[go, "build", *flags, "-o", dest, *b.packages]]
+    for argv in calls:
+        _run_go(argv, b.module)
+
+
+def _run_go(argv: list[str], module: str) -> None:
+    result = subprocess.run(argv, cwd=SOURCES / module, capture_output=True, text=True,
                             check=False)
     if result.returncode != 0:
         last = " | ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
-        raise ClusterError(f"go build in sandbox/{b.module} failed "
+        raise ClusterError(f"go build in sandbox/{module} failed "
                            f"(exit {result.returncode}): {last}")
 
 
