@@ -257,7 +257,8 @@ def scratch_dir() -> Path:
         mine = base / f"{os.getpid()}-{_start_time(os.getpid())}".rstrip("-")
         mine.mkdir(mode=0o700, exist_ok=True)
     except OSError as e:
-        raise _failed(base, e) from None
+        where = " (under $XDG_CACHE_HOME)" if os.environ.get("XDG_CACHE_HOME") else ""
+        raise _failed(base, e, f"cannot write{where}") from None
     _SCRATCH = mine
     atexit.register(shutil.rmtree, mine, True)
     return mine

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshctl import kube, versions
+from meshctl import envvars, kube, versions
 from meshctl.config import Cluster
 from meshctl.errors import ClusterError, UsageError, one_line
 
 ENV = "MESHCTL_ISTIOCTL"
 INSTALL_TIMEOUT = 600.0
+VERSION_TIMEOUT = 60.0  # `istioctl version --remote=false` reads no cluster: seconds at most
 
 
 @dataclass(frozen=True)
@@ -50,26 +51,42 @@ def has_proxy(pod: Mapping[str, Any]) -> bool:
                for c in (spec.get("containers") or []) + (spec.get("initContainers") or []))
 
 
-def find() -> Istioctl:
-    """``$MESHCTL_ISTIOCTL``, else ``istioctl`` on PATH, with its client version."""
-    configured = os.environ.get(ENV)
+def find(*, timeout: float = VERSION_TIMEOUT) -> Istioctl:
+    """``$MESHCTL_ISTIOCTL``, else ``istioctl`` on PATH, with its client version.
+
+    Every way the program can fail to say its version is one line naming it: not found
+    or not executable (exit 2, naming ``$MESHCTL_ISTIOCTL`` when that chose it), no
+    answer within ``timeout`` (a hung or wrong program), a start that fails (not a
+    binary for this machine), output that is not istioctl's JSON (exit 3).
+    """
+    configured = envvars.text(ENV)
     path = Path(configured) if configured else None
     if path is None:
         found = shutil.which("istioctl")
         path = Path(found) if found else None
+    where = f"{ENV}={configured}" if configured else "PATH"
     if path is None or not path.is_file() or not os.access(path, os.X_OK):
-        where = f"{ENV}={configured}" if configured else "PATH"
         raise UsageError(f"istioctl not found ({where})",
                          hint=f"install istioctl, or set {ENV}; 'invoke sandbox.build' "
                               "builds one")
-    result = subprocess.run([str(path), "version", "--remote=false", "-o", "json"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    try:
+        result = subprocess.run([str(path), "version", "--remote=false", "-o", "json"],
+                                capture_output=True, text=True, timeout=timeout, check=False,
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{path} version ({where}): no answer within {timeout:g}s; is "
+                           "it istioctl?") from None
+    except OSError as e:
+        raise UsageError(f"{path} ({where}): cannot run it: {e.strerror or type(e).__name__}",
+                         hint=f"point {ENV} at an istioctl built for this machine") from None
     try:
         version = json.loads(result.stdout)["clientVersion"]["version"]
     except (ValueError, KeyError, TypeError):
-        raise ClusterError(f"{path} version: unexpected output "
-                           f"({_last_line(result.stderr) or 'no JSON'})") from None
-    return Istioctl(path=path, version=version)
+        version = None
+    if not isinstance(version, str) or not version.strip():
+        raise ClusterError(f"{path} version ({where}): unexpected output "
+                           f"({_last_line(result.stderr) or 'no JSON'})")
+    return Istioctl(path=path, version=one_line(version, 80))
 
 
 def _last_line(text: str) -> str:
@@ -99,6 +116,9 @@ def run(istioctl: Istioctl, cluster: Cluster, args: list[str], *, what: str,
     except subprocess.TimeoutExpired:
         raise ClusterError(f"{cluster.name}: {what}: istioctl did not finish within "
                            f"{timeout:.0f}s") from None
+    except OSError as e:  # gone or replaced since find(): still one line naming the cluster
+        raise ClusterError(f"{cluster.name}: {what}: cannot run {istioctl.path}: "
+                           f"{e.strerror or type(e).__name__}") from None
     if result.returncode != 0:
         # stderr only: stdout may hold a kubeconfig with a token (create-remote-secret)
         raise ClusterError(f"{cluster.name}: {what}: istioctl exited {result.returncode}: "

@@ -21,6 +21,9 @@ from meshctl.tables import WholeWordTable, fold  # noqa: F401  (report.fold for 
 
 # Width of stdout when it is not a terminal (a pipe, a file, a CI log) and COLUMNS is unset.
 PIPE_WIDTH = 80
+# Below this, COLUMNS is ignored: rich takes COLUMNS=0 as a width of 0 and prints nothing
+# at all (a dry-run's plan vanished, exit 0), and no table fits in fewer columns anyway.
+MIN_COLUMNS = 20
 
 
 def pinned_width(console: Console, environ: Mapping[str, str] = os.environ) -> int | None:
@@ -30,16 +33,27 @@ def pinned_width(console: Console, environ: Mapping[str, str] = os.environ) -> i
     in that order, so ``meshctl ... | cat`` typed in a wide terminal drew tables at that
     terminal's width while the same command in CI drew them at 80. Output that does not go
     to a terminal is now PIPE_WIDTH columns wide unless ``COLUMNS`` says otherwise.
+    A ``COLUMNS`` under :data:`MIN_COLUMNS` is overruled with PIPE_WIDTH (a shell
+    variable, not meshctl's: ignored, not refused), as is one that is not a number.
     """
+    if _too_narrow(environ):
+        return PIPE_WIDTH
     if environ.get("COLUMNS", "").isdigit() or console.is_terminal:
         return None
     return PIPE_WIDTH
+
+
+def _too_narrow(environ: Mapping[str, str]) -> bool:
+    columns = environ.get("COLUMNS", "")
+    return columns.isdigit() and int(columns) < MIN_COLUMNS
 
 
 out = Console(soft_wrap=False, emoji=False)  # a fingerprint "AB:CD:EF" is not ":cd:"
 if (_width := pinned_width(out)) is not None:
     out.width = _width
 err = Console(stderr=True, emoji=False)
+if _too_narrow(os.environ):
+    err.width = PIPE_WIDTH  # warnings and progress must not vanish either
 
 
 def print_json(document: Any) -> None:

@@ -586,3 +586,257 @@ def test_certs_status_tls_failure_is_a_fail_row(tmp_path: Path) -> None:
     [check] = row["checks"]
     assert row["level"] == "FAIL" and "cluster1" in check["message"]
     assert "certificate verify failed" in check["message"]
+
+
+# === issue 21, items 6 and 7: environment variables, istioctl, unreadable CA files,
+# ca.workloadCertTTL, certs.rotate --force.  One block, apart from the cases above.
+# Each case: one line on stderr naming what is wrong (the variable, the file, the key),
+# its exit code, no traceback, nothing written.
+
+
+def _two_loadable(tmp: Path, *, user: dict | None = None) -> Path:
+    """Both clusters with a kubeconfig that loads (nothing listens on its port)."""
+    kc = _kubeconfig(tmp, tls_servers.free_port_url(), user=user)
+    doc = yaml.safe_load(kc.read_text())
+    doc["contexts"].append({"name": "ctx2", "context": {"cluster": "c", "user": "u"}})
+    kc.write_text(yaml.safe_dump(doc))
+    return write_folder(tmp, [cluster_doc("cluster1", kubeconfig=str(kc), context="ctx"),
+                              cluster_doc("cluster2", network="network2", kubeconfig=str(kc),
+                                          context="ctx2")])
+
+
+def _script(tmp: Path, body: str) -> Path:
+    path = tmp / "fake-istioctl"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _encrypted(key: pki.PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(b"pw"))
+
+
+@dataclass
+class EnvCase:
+    id: str
+    args: tuple[str, ...]
+    env: Callable[[Path], dict[str, str]]
+    needles: tuple[str, ...]
+    code: int = 2
+    setup: Callable[[Path], Path] = _two_loadable
+
+
+def _env(**values: str) -> Callable[[Path], dict[str, str]]:
+    return lambda tmp: values
+
+
+def _istioctl(body: str | None = None, *, kind: str = "script") -> Callable[[Path], dict]:
+    def make(tmp: Path) -> dict[str, str]:
+        if kind == "folder":
+            (tmp / "istioctl-dir").mkdir()
+            return {"MESHCTL_ISTIOCTL": str(tmp / "istioctl-dir")}
+        path = _script(tmp, body or "")
+        if kind == "not-executable":
+            path.chmod(0o644)
+        if kind == "not-a-program":
+            path.write_bytes(b"\x7fELF" + bytes(range(256)))  # exec: Exec format error
+        return {"MESHCTL_ISTIOCTL": str(path)}
+    return make
+
+
+def _client_cert_user() -> dict:
+    key = pki.generate_key("ecdsa-p256")
+    cert = pki.self_signed_ca(subject=pki.name(common_name="admin"), key=key, days=1)
+    return {"client-certificate-data": base64.b64encode(pki.cert_pem(cert)).decode(),
+            "client-key-data": base64.b64encode(pki.key_pem(key)).decode()}
+
+
+def _with_client_cert(tmp: Path) -> Path:
+    return _two_loadable(tmp, user=_client_cert_user())
+
+
+STATUS = ("status", "--cluster", "cluster1")
+LINK = ("link", "--main", "cluster1", "--remote", "cluster2")
+ENV_CASES = [
+    EnvCase("env-api-deadline-not-a-number", STATUS, _env(MESHCTL_API_DEADLINE="abc"),
+            ("MESHCTL_API_DEADLINE='abc'", "not a number")),
+    EnvCase("env-api-deadline-negative", STATUS, _env(MESHCTL_API_DEADLINE="-1"),
+            ("MESHCTL_API_DEADLINE='-1'", "at least 0")),
+    EnvCase("env-api-deadline-nan", STATUS, _env(MESHCTL_API_DEADLINE="nan"),
+            ("MESHCTL_API_DEADLINE='nan'", "not a finite number")),
+    EnvCase("env-api-deadline-inf", STATUS, _env(MESHCTL_API_DEADLINE="inf"),
+            ("MESHCTL_API_DEADLINE='inf'", "not a finite number")),
+    EnvCase("env-api-deadline-overflow", STATUS, _env(MESHCTL_API_DEADLINE="1e999"),
+            ("MESHCTL_API_DEADLINE='1e999'",)),
+    EnvCase("env-api-deadline-two-words", ("certs.status", "--cluster", "cluster1"),
+            _env(MESHCTL_API_DEADLINE="6 0"), ("MESHCTL_API_DEADLINE='6 0'",)),
+    EnvCase("env-istioctl-a-folder", LINK, _istioctl(kind="folder"),
+            ("istioctl not found", "MESHCTL_ISTIOCTL=")),
+    EnvCase("env-istioctl-not-executable", LINK, _istioctl(kind="not-executable"),
+            ("istioctl not found", "MESHCTL_ISTIOCTL=")),
+    EnvCase("env-istioctl-not-a-program", LINK, _istioctl(kind="not-a-program"),
+            ("MESHCTL_ISTIOCTL=", "cannot run it", "Exec format error")),
+    EnvCase("env-istioctl-fails", LINK, _istioctl("echo 'unknown flag: -o' >&2; exit 1\n"),
+            ("MESHCTL_ISTIOCTL=", "unexpected output", "unknown flag: -o"), code=3),
+    EnvCase("env-istioctl-version-not-a-string", LINK,
+            _istioctl("""echo '{"clientVersion": {"version": 131}}'\n"""),
+            ("MESHCTL_ISTIOCTL=", "unexpected output"), code=3),
+    EnvCase("env-xdg-cache-home-a-file", STATUS, _env(XDG_CACHE_HOME="/dev/null"),
+            ("$XDG_CACHE_HOME", "/dev/null/meshctl/scratch", "Not a directory"),
+            setup=_with_client_cert),
+]
+
+
+@pytest.mark.parametrize("case", ENV_CASES, ids=[c.id for c in ENV_CASES])
+def test_env_and_istioctl_refused_in_one_line(tmp_path: Path, case: EnvCase) -> None:
+    folder = case.setup(tmp_path)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "MESHCTL_API_DEADLINE": "1",
+           **case.env(tmp_path)}
+    before = _tree(tmp_path)
+    result = meshctl(*case.args, "--clusters-dir", str(folder), cwd=tmp_path, env=env)
+    assert_one_line_error(result, case.code, *case.needles)
+    assert _tree(tmp_path) == before
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_bad_api_deadline_does_not_break_commands_that_need_no_api(tmp_path: Path) -> None:
+    """It used to be read at import: --help and a dry-run died with a ValueError."""
+    folder = _folder(tmp_path)
+    env = {"MESHCTL_API_DEADLINE": "abc"}
+    assert meshctl("--help", env=env).returncode == 0
+    dry = meshctl("bootstrap", "--main", "cluster1", "--remote", "cluster2", "--dry-run",
+                  "--clusters-dir", str(folder), "--out", str(tmp_path / "out"), env=env)
+    assert dry.returncode == 0 and "Traceback" not in dry.stderr, dry.stderr
+
+
+def test_columns_zero_still_prints_the_plan(tmp_path: Path) -> None:
+    """rich took COLUMNS=0 as a width of 0: the dry-run's plan vanished, exit 0."""
+    folder = _folder(tmp_path)
+    runs = {c: meshctl("bootstrap", "--main", "cluster1", "--remote", "cluster2",
+                       "--dry-run", "--clusters-dir", str(folder), "--out",
+                       str(tmp_path / f"out{c}"), env={"COLUMNS": c}) for c in ("0", "80")}
+    assert runs["0"].returncode == 0 and "cluster2" in runs["0"].stdout
+    assert runs["0"].stdout == runs["80"].stdout.replace(str(tmp_path / "out80"),
+                                                        str(tmp_path / "out0"))
+
+
+def test_istioctl_that_never_answers_is_one_error(tmp_path: Path) -> None:
+    """istio.find used to let TimeoutExpired escape (a hung program, or not istioctl)."""
+    import os
+
+    from meshctl import istio
+
+    hung = _script(tmp_path, "exec sleep 30\n")
+    old = os.environ.get("MESHCTL_ISTIOCTL")
+    os.environ["MESHCTL_ISTIOCTL"] = str(hung)
+    try:
+        with pytest.raises(MeshctlError) as info:
+            istio.find(timeout=0.5)
+    finally:
+        if old is None:
+            del os.environ["MESHCTL_ISTIOCTL"]
+        else:
+            os.environ["MESHCTL_ISTIOCTL"] = old
+    message = str(info.value)
+    assert info.value.exit_code == 3 and "\n" not in message
+    assert "no answer within 0s" not in message and "MESHCTL_ISTIOCTL=" in message
+    assert "no answer within" in message
+
+
+# --- CA files in ca.dir that do not parse, and lifetimes ----------------------------------
+
+
+def _encrypted_root_key(tmp: Path) -> Path:
+    key = pki.generate_key("ecdsa-p256")
+    cert = pki.self_signed_ca(subject=pki.name(common_name="r"), key=key, days=9)
+    return _root_files(tmp, pki.cert_pem(cert), _encrypted(key))
+
+
+def _ed25519_root_key(tmp: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = pki.generate_key("ecdsa-p256")
+    cert = pki.self_signed_ca(subject=pki.name(common_name="r"), key=key, days=9)
+    other = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    return _root_files(tmp, pki.cert_pem(cert), other)
+
+
+def _encrypted_intermediate_key(tmp: Path) -> Path:
+    folder = _folder(tmp)
+    assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0
+    assert meshctl("certs.issue", "--no-apply", "--cluster", "cluster1",
+                   "--clusters-dir", str(folder)).returncode == 0
+    key = tmp / "ca" / "cluster1" / "ca-key.pem"
+    key.write_bytes(_encrypted(pki.load_key(key.read_bytes())))
+    return folder
+
+
+def _expired_root_two(tmp: Path) -> Path:
+    _expired_root(tmp)
+    return _two_loadable(tmp)
+
+
+def _junk_rotation_time(tmp: Path) -> Path:
+    folder = _two_loadable(tmp)
+    assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0
+    (tmp / "ca" / "rotation.json").write_text(json.dumps({
+        "old_root": "A", "new_root": "B", "step": 2, "complete": True,
+        "clusters": ["cluster1", "cluster2"], "started": "t", "updated": "t",
+        "step2_finished": "after lunch"}))
+    return folder
+
+
+CA_CASES = [
+    CliCase("root-key-encrypted", ISSUE, ("root-key.pem is unreadable or not PEM",
+                                          "the private key is encrypted"),
+            setup=_encrypted_root_key),
+    CliCase("root-key-ed25519", ISSUE, ("root-key.pem", "unsupported private key type"),
+            setup=_ed25519_root_key),
+    CliCase("intermediate-key-encrypted", ISSUE,
+            ("cluster1", "ca-key.pem: the private key is encrypted"),
+            setup=_encrypted_intermediate_key),
+    CliCase("rotate-cluster-under-expired-root", ("certs.rotate", "--cluster", "cluster1"),
+            ("root-cert.pem expired", "no intermediate is issued"), setup=_expired_root_two),
+    CliCase("rotation-state-time-junk", ("certs.status",),
+            ("rotation.json", "unreadable root rotation state"), setup=_junk_rotation_time),
+    CliCase("rotate-force-without-step-3", ("certs.rotate", "--cluster", "cluster1",
+                                            "--force"),
+            ("--force only goes with --root --step 3",)),
+    CliCase("rotate-force-with-step-2", ("certs.rotate", "--root", "--step", "2", "--force"),
+            ("--force only goes with --root --step 3",)),
+]
+
+
+@pytest.mark.parametrize("case", CA_CASES, ids=[c.id for c in CA_CASES])
+def test_ca_files_and_rotate_flags_refused(tmp_path: Path, case: CliCase) -> None:
+    folder = (case.setup or _plain)(tmp_path)
+    _run_cli(tmp_path, *case.args, "--clusters-dir", str(folder), code=case.code,
+             needles=case.needles)
+
+
+TTL_CASES = [
+    ("ttl-bare-number", 24, "24"), ("ttl-bare-number-text", "24", "'24'"),
+    ("ttl-not-a-duration", "a day", "'a day'"), ("ttl-zero", "0s", "longer than 0"),
+    ("ttl-negative", "-1h", "longer than 0"), ("ttl-space-inside", "1h 30m", "'1h 30m'"),
+    ("ttl-unknown-unit", "1d", "'1d'"), ("ttl-a-list", ["24h"], "['24h']"),
+]
+
+
+@pytest.mark.parametrize("value,needle", [c[1:] for c in TTL_CASES],
+                         ids=[c[0] for c in TTL_CASES])
+def test_workload_cert_ttl_refused(tmp_path: Path, value: object, needle: str) -> None:
+    mesh = {**mesh_doc(tmp_path)}
+    mesh["ca"] = {**mesh["ca"], "workloadCertTTL": value}
+    folder = write_folder(tmp_path, [cluster_doc("cluster1"),
+                                     cluster_doc("cluster2", network="network2")], mesh)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = meshctl("bootstrap", "--main", "cluster1", "--remote", "cluster2", "--dry-run",
+                     "--clusters-dir", str(folder), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, 2, "mesh.yaml", "'ca.workloadCertTTL'", needle)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -195,3 +195,85 @@ def test_certs_cli_init_and_issue_no_apply(tmp_path: Path) -> None:
         assert "OK" in openssl_verify(ca / "root-cert.pem", ca / c / "ca-cert.pem")
     forced = meshctl("certs.init", "--force", "--clusters-dir", str(folder))
     assert forced.returncode == 0 and "backed up" in forced.stderr
+
+
+# --- lifetimes and subjects (issue 21, item 6) -------------------------------------------
+
+
+def _openssl_at(root: Path, cert: Path, when: datetime, untrusted: Path | None = None) -> str:
+    cmd = ["openssl", "verify", "-attime", str(int(when.timestamp())), "-CAfile", str(root)]
+    if untrusted:
+        cmd += ["-untrusted", str(untrusted)]
+    result = subprocess.run([*cmd, str(cert)], capture_output=True, text=True, check=False)
+    return result.stdout + result.stderr
+
+
+def test_intermediate_and_leaf_never_outlive_their_issuer(tmp_path: Path) -> None:
+    """A root with 10 days left issues a '730-day' intermediate: its notAfter is the
+    root's, and a leaf under it ends there too.  openssl agrees at both ends."""
+    s = config.CASettings(dir=tmp_path / "ca", key="ecdsa-p256", root_days=10,
+                          intermediate_days=730, organization="meshctl-test")
+    root, _ = certs.init_root(s)
+    bundle, _ = certs.ensure_intermediate(root, "c1", s)
+    assert bundle.ca_cert.not_valid_after_utc == root.cert.not_valid_after_utc
+    hours = certs.workload_cert(bundle, namespace="ns", service_account="sa", hours=24 * 400)
+    assert hours.not_valid_after_utc == bundle.ca_cert.not_valid_after_utc
+    d = certs.cluster_dir(s, "c1")
+    (tmp_path / "leaf.pem").write_bytes(pki.cert_pem(hours))
+    inside = root.cert.not_valid_after_utc - timedelta(hours=1)
+    assert "ca-cert.pem: OK" in _openssl_at(d / "root-cert.pem", d / "ca-cert.pem", inside)
+    assert "leaf.pem: OK" in _openssl_at(d / "root-cert.pem", tmp_path / "leaf.pem", inside,
+                                         d / "ca-cert.pem")
+    bundle.ca_cert.verify_directly_issued_by(root.cert)
+    hours.verify_directly_issued_by(bundle.ca_cert)
+
+
+@pytest.mark.parametrize("days,not_before,needle", [
+    (1, datetime.now(UTC) - timedelta(days=3), "expired"),
+    (30, datetime.now(UTC) + timedelta(days=2), "not valid before"),
+], ids=["expired", "not-yet-valid"])
+def test_no_intermediate_under_an_unusable_root(tmp_path: Path, days: int,
+                                                 not_before: datetime, needle: str) -> None:
+    """Every signing path goes through make_intermediate, which refuses such a root:
+    certs.issue, bootstrap, certs.rotate --cluster, root rotation step 2."""
+    from meshctl.errors import ConfigError
+
+    s = settings(tmp_path)
+    key = pki.generate_key("ecdsa-p256")
+    root = certs.RootCA(cert=pki.self_signed_ca(subject=pki.name(common_name="r"), key=key,
+                                                days=days, not_before=not_before), key=key)
+    for build in (lambda: certs.make_intermediate(root, "c1", s),
+                  lambda: certs.make_intermediates(root, ["c1", "c2"], s)):
+        with pytest.raises(ConfigError) as e:
+            build()
+        assert needle in str(e.value) and "no intermediate is issued" in str(e.value)
+
+
+def test_each_root_has_its_own_subject_and_old_roots_stay_valid(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    one, two = certs.make_root(s), certs.make_root(s)
+    assert one.cert.subject != two.cert.subject
+    for root in (one, two):
+        [cn] = root.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        [org] = root.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        assert org.value == "meshctl-test"
+        assert cn.value == (f"Root CA {root.cert.not_valid_before_utc:%Y-%m-%d} "
+                            f"{root.cert.serial_number:x}"[:27])
+        assert root.cert.subject == root.cert.issuer
+    (tmp_path / "one.pem").write_bytes(pki.cert_pem(one.cert))
+    shown = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in",
+                            str(tmp_path / "one.pem")], capture_output=True, text=True,
+                           check=True).stdout
+    assert "CN=Root CA 20" in shown.replace(" = ", "=")
+
+    # a root from before (O=<org>, CN=Root CA) on disk still loads and issues
+    key = pki.generate_key("ecdsa-p256")
+    legacy = pki.self_signed_ca(subject=pki.name(organization="meshctl-test",
+                                                 common_name="Root CA"), key=key, days=100)
+    s.dir.mkdir(mode=0o700)
+    (s.dir / "root-cert.pem").write_bytes(pki.cert_pem(legacy))
+    (s.dir / "root-key.pem").write_bytes(pki.key_pem(key))
+    bundle, created = certs.ensure_intermediate(certs.load_root(s), "c1", s)
+    assert created and bundle.ca_cert.issuer == legacy.subject
+    d = certs.cluster_dir(s, "c1")
+    assert "ca-cert.pem: OK" in openssl_verify(d / "root-cert.pem", d / "ca-cert.pem")

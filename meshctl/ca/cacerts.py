@@ -9,6 +9,7 @@ unless forced, and forcing first saves the live Secret to a local 0600 backup.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,41 @@ def read(k: kube.Kube) -> certs.Bundle | None:
     return from_secret(k.cluster, secret) if secret else None
 
 
-def from_secret(cluster: str, secret: dict) -> certs.Bundle | None:
-    data = {name: base64.b64decode(value) for name, value in (secret.get("data") or {}).items()}
+def parse(cluster: str, secret: Mapping[str, Any]) -> certs.Bundle:
+    """The bundle in a live Secret; ``ValueError`` naming the field and why not.
+
+    The Secret may have been written by anyone (an encrypted ``ca-key.pem``, a
+    truncated certificate): every way it can be wrong is a ``ValueError`` here, never
+    a ``TypeError`` or ``binascii.Error`` from below.
+    """
+    raw = secret.get("data") or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError("data is not a mapping")
+    data = {}
+    for name, value in raw.items():
+        try:
+            data[name] = base64.b64decode(str(value), validate=True)
+        except ValueError:
+            raise ValueError(f"{name}: not base64") from None
+    return certs.bundle_from_files(cluster, data)
+
+
+def from_secret(cluster: str, secret: Mapping[str, Any]) -> certs.Bundle | None:
+    """:func:`parse`, or ``None`` when the Secret is not a usable CA bundle."""
     try:
-        return certs.bundle_from_files(cluster, data)
+        return parse(cluster, secret)
     except ValueError:
         return None
+
+
+def problem(cluster: str, secret: Mapping[str, Any]) -> str | None:
+    """Why the live Secret is not a usable CA bundle, as one line naming the cluster,
+    the Secret and the field; ``None`` when it is one."""
+    try:
+        parse(cluster, secret)
+    except ValueError as e:
+        return f"{cluster}: {WHAT} is not a usable CA bundle: {e}"
+    return None
 
 
 def difference(live: certs.Bundle, wanted: certs.Bundle) -> str:
@@ -98,9 +128,7 @@ def apply(k: kube.Kube, bundle: certs.Bundle, *, mesh_id: str, force: bool = Fal
             kube.ensure(k, wanted, live=live)
             return "labelled"
         return "unchanged"
-    live_bundle = from_secret(k.cluster, live)
-    what_differs = (difference(live_bundle, bundle) if live_bundle
-                    else "the cluster's Secret is not a CA bundle")
+    what_differs = _differs(k.cluster, live, bundle)
     if not force:
         raise CheckFailed(f"{k.cluster}: {WHAT} holds another CA: {what_differs}",
                           hint="--force replaces it after saving the current one locally")
@@ -115,9 +143,14 @@ def conflict(cluster: str, live: dict | None, bundle: certs.Bundle) -> str | Non
     """What an ``apply`` without force would refuse: ``None`` when it would go through."""
     if live is None or (live.get("data") or {}) == _data(bundle):
         return None
-    live_bundle = from_secret(cluster, live)
-    return (difference(live_bundle, bundle) if live_bundle
-            else "the cluster's Secret is not a CA bundle")
+    return _differs(cluster, live, bundle)
+
+
+def _differs(cluster: str, live: Mapping[str, Any], bundle: certs.Bundle) -> str:
+    try:
+        return difference(parse(cluster, live), bundle)
+    except ValueError as e:
+        return f"the cluster's Secret is not a CA bundle ({e})"
 
 
 def apply_all(clients: dict[str, kube.Kube], bundles: dict[str, certs.Bundle], *,

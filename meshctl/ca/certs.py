@@ -20,17 +20,23 @@ after another, in the order given.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from meshctl import files
 from meshctl.ca import backups, pki
+
+# the pure checks live in ca/validity.py; re-exported so that certs.<name> keeps working
+from meshctl.ca.validity import chain_problem as chain_problem
+from meshctl.ca.validity import chain_problem_to as chain_problem_to
+from meshctl.ca.validity import days_left as days_left
+from meshctl.ca.validity import is_ca as is_ca
+from meshctl.ca.validity import issued_by as issued_by
+from meshctl.ca.validity import validity_problem as validity_problem
 from meshctl.config import CASettings
 from meshctl.errors import ConfigError, UsageError
 
@@ -92,12 +98,29 @@ class Bundle:
 # --- pure builders -----------------------------------------------------------------
 
 
+def root_common_name(start: datetime, serial: int) -> str:
+    """``Root CA 2026-11-29 5f3a9c01``: Istio's ``Root CA`` with the day it starts and
+    the first 8 hex digits of its serial.
+
+    Every root used to be ``O=<organization>, CN=Root CA``, so an old and a new root
+    (a rotation, ``certs.init --force``) could be told apart only by fingerprint, in
+    ``openssl x509 -subject``, in istiod's logs and in a verifier's "unable to get
+    issuer" message alike.  Roots made before keep their subject and stay valid:
+    nothing compares subjects, chains are checked by signature.
+    """
+    return f"Root CA {start:%Y-%m-%d} {f'{serial:x}'[:8]}"
+
+
 def make_root(settings: CASettings, *, not_before: datetime | None = None) -> RootCA:
-    """A new self-signed root CA (``O=<organization>, CN=Root CA``)."""
+    """A new self-signed root CA (``O=<organization>, CN=Root CA <date> <serial>``, see
+    :func:`root_common_name`)."""
     key = pki.generate_key(settings.key)
-    subject = pki.name(organization=settings.organization, common_name="Root CA")
+    start = not_before or (datetime.now(UTC) - pki.CLOCK_SKEW)
+    serial = x509.random_serial_number()
+    subject = pki.name(organization=settings.organization,
+                       common_name=root_common_name(start, serial))
     cert = pki.self_signed_ca(subject=subject, key=key, days=settings.root_days,
-                              not_before=not_before)
+                              not_before=start, serial=serial)
     return RootCA(cert=cert, key=key)
 
 
@@ -110,10 +133,19 @@ def make_intermediate(root: RootCA, cluster: str, settings: CASettings, *,
 
     ``roots`` is what goes into ``root-cert.pem`` (default: just ``root``); root
     rotation passes the old + new bundle.  ``days``/``not_before`` let tests make
-    expired intermediates without waiting.  ``key`` is a key of ``settings.key``
+    expired intermediates without waiting.  Refused (:class:`ConfigError`) when
+    ``root`` is expired or not yet valid; notAfter never passes the root's
+    (:func:`pki.sign`).  ``key`` is a key of ``settings.key``
     generated beforehand (:func:`make_intermediates` makes them in parallel); default:
     a new one.
     """
+    problem = validity_problem(root.cert)
+    if problem:  # every path that signs comes here: certs.issue, bootstrap, rotations
+        raise ConfigError(f"root CA {root.cert.subject.rfc4514_string()} "
+                          f"({pki.fingerprint(root.cert)[:23]}…) {problem}; no intermediate "
+                          f"is issued under it",
+                          hint="certs.rotate --root --step 1 starts a staged move to a new "
+                               "root (certs.init --force replaces it outright)")
     key = key if key is not None else pki.generate_key(settings.key)
     subject = pki.name(organization=settings.organization, common_name="Intermediate CA",
                        locality=cluster)
@@ -149,65 +181,6 @@ def workload_cert(bundle: Bundle, *, namespace: str, service_account: str,
                     issuer_name=bundle.ca_cert.subject, issuer_key=bundle.ca_key,
                     issuer_cert=bundle.ca_cert, usage=pki.Usage(server=True, client=True),
                     days=hours / 24, uris=[spiffe], not_before=not_before)
-
-
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when ``issuer``'s key signed ``cert`` (signature, not just matching names)."""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def validity_problem(cert: x509.Certificate, *, now: datetime | None = None) -> str | None:
-    """``None`` if ``cert`` is valid now, else why not (expired / not yet valid)."""
-    now = now or datetime.now(UTC)
-    if now < cert.not_valid_before_utc:
-        return f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-    if now > cert.not_valid_after_utc:
-        return f"expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-    return None
-
-
-def days_left(cert: x509.Certificate, *, now: datetime | None = None) -> float:
-    now = now or datetime.now(UTC)
-    return (cert.not_valid_after_utc - now).total_seconds() / 86400
-
-
-def chain_problem(bundle: Bundle, root: x509.Certificate) -> str | None:
-    """Why ``bundle`` does not chain to ``root`` and hold together, or ``None`` if it does."""
-    if not pki.same_public_key(bundle.ca_cert, bundle.ca_key):
-        return "ca-key.pem does not belong to ca-cert.pem"
-    if not issued_by(bundle.ca_cert, root):
-        return f"intermediate is not signed by root {pki.fingerprint(root)[:23]}…"
-    if not any(r == root for r in bundle.roots):
-        return "root-cert.pem does not contain the root"
-    return validity_problem(bundle.ca_cert)
-
-
-def chain_problem_to(chain: Sequence[x509.Certificate],
-                     trusted: Iterable[x509.Certificate]) -> str | None:
-    """Why ``chain`` (``cert-chain.pem``: intermediate first) does not lead up to a
-    ``trusted`` root, or ``None`` if it does.
-
-    Signatures only, link by link: a chain that merely names the right issuer but was
-    signed by another key is refused.  Validity dates are checked separately
-    (:func:`validity_problem`) so a caller can tell "expired" from "wrong root".
-    """
-    if not chain:
-        return "cert-chain.pem holds no certificate"
-    for child, parent in itertools.pairwise(chain):
-        if not issued_by(child, parent):
-            return "cert-chain.pem is not a chain (a certificate is not signed by the next)"
-    top = chain[-1]
-    roots = list(trusted)
-    if any(top == root or issued_by(top, root) for root in roots):
-        return None
-    if not roots:
-        return "no local root to verify against"
-    return (f"cert-chain.pem leads to {pki.fingerprint(top)[:23]}…, not to the local root "
-            f"{', '.join(pki.fingerprint(r)[:23] + '…' for r in roots)}")
 
 
 # --- disk --------------------------------------------------------------------------
@@ -266,25 +239,21 @@ def load_root(settings: CASettings) -> RootCA:
     cert_path, key_path = root_paths(settings)
     if not cert_path.exists() or not key_path.exists():
         raise UsageError(f"no root CA in {settings.dir} (hint: run 'invoke certs.init')")
+    path = cert_path
     try:
         cert = pki.load_certs(cert_path.read_bytes())[0]
+        path = key_path
         key = pki.load_key(key_path.read_bytes())
-    except (ValueError, IndexError, OSError):
-        raise ConfigError(f"{settings.dir}: root-cert.pem or root-key.pem is unreadable or "
-                          "not PEM") from None
+    except (ValueError, OSError) as e:  # e.g. an encrypted root-key.pem: say which, and why
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise ConfigError(f"{settings.dir}: {path.name} is unreadable or not PEM: "
+                          f"{why}") from None
     if not pki.same_public_key(cert, key):
         raise ConfigError(f"{settings.dir}: root-key.pem does not belong to root-cert.pem")
     if not is_ca(cert):
         raise ConfigError(f"{settings.dir}: root-cert.pem is not a CA certificate (no "
                           "basicConstraints CA:true); istiod would refuse every chain under it")
     return RootCA(cert=cert, key=key)
-
-
-def is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
 
 
 def refuse_to_sign(root: RootCA, settings: CASettings) -> None:
@@ -332,13 +301,25 @@ def _mkdir_private(directory: Path) -> None:
 
 
 def bundle_from_files(cluster: str, data: dict[str, bytes]) -> Bundle:
-    """Parse the four ``cacerts`` files (from disk or from a Secret)."""
+    """Parse the four ``cacerts`` files (from disk or from a Secret).
+
+    ``ValueError`` naming the file and why (``ca-key.pem: the private key is
+    encrypted …``): a bundle comes from a cluster or from an operator's folder, and
+    whoever reports it must be able to say which field to fix.
+    """
     missing = [f for f in (CA_CERT, CA_KEY, ROOT_CERT) if f not in data]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
-    return Bundle(cluster=cluster, ca_cert=pki.load_certs(data[CA_CERT])[0],
-                  ca_key=pki.load_key(data[CA_KEY]),
-                  roots=tuple(pki.load_certs(data[ROOT_CERT])))
+    field = CA_CERT
+    try:
+        ca_cert = pki.load_certs(data[CA_CERT])[0]
+        field = CA_KEY
+        ca_key = pki.load_key(data[CA_KEY])
+        field = ROOT_CERT
+        roots = tuple(pki.load_certs(data[ROOT_CERT]))
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
+    return Bundle(cluster=cluster, ca_cert=ca_cert, ca_key=ca_key, roots=roots)
 
 
 def load_bundle(directory: Path, cluster: str) -> Bundle | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -116,8 +117,18 @@ def sign(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key: 
     make expired certificates without waiting.  CA certificates get keyCertSign and
     cRLSign (critical), leaves get digitalSignature (and keyEncipherment for RSA).
     ``days`` may be fractional: workload certificates live for hours.
+
+    With ``issuer_cert`` the certificate never outlives its issuer: notAfter is cut to
+    the issuer's.  A chain is only as valid as its shortest link, so a later date would
+    promise a validity no verifier grants, and hide from ``certs.status`` (which reads
+    the intermediate's date) that the root ends first.
     """
     start = not_before or (datetime.now(UTC) - CLOCK_SKEW)
+    end = start + timedelta(days=days)
+    if issuer_cert is not None:
+        end = min(end, issuer_cert.not_valid_after_utc)
+        if end <= start:
+            raise ValueError("the issuer's certificate ends before this one would start")
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -125,7 +136,7 @@ def sign(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key: 
         .public_key(public_key)
         .serial_number(serial or x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=usage.ca, path_length=usage.path_length),
                        critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
@@ -160,10 +171,12 @@ def sign(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key: 
 
 
 def self_signed_ca(*, subject: x509.Name, key: PrivateKey, days: float,
-                   not_before: datetime | None = None) -> x509.Certificate:
+                   not_before: datetime | None = None,
+                   serial: int | None = None) -> x509.Certificate:
     """A self-signed root: basicConstraints critical CA:true, no path length limit."""
     return sign(subject=subject, public_key=key.public_key(), issuer_name=subject,
-                issuer_key=key, usage=Usage(ca=True), days=days, not_before=not_before)
+                issuer_key=key, usage=Usage(ca=True), days=days, not_before=not_before,
+                serial=serial)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -177,14 +190,36 @@ def key_pem(key: PrivateKey) -> bytes:
 
 
 def load_certs(pem: bytes) -> list[x509.Certificate]:
-    """Every certificate in a PEM bundle, in order."""
-    return x509.load_pem_x509_certificates(pem)
+    """Every certificate in a PEM bundle, in order; ``ValueError`` when there is none
+    or one does not parse (a short reason, not cryptography's FAQ link)."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError("not PEM certificates") from None
+    if not certs:
+        raise ValueError("holds no certificate")
+    return certs
 
 
 def load_key(pem: bytes) -> PrivateKey:
-    key = serialization.load_pem_private_key(pem, password=None)
+    """An unencrypted RSA or EC private key from PEM; ``ValueError`` saying why not.
+
+    Every failure is a ``ValueError``: ``cryptography`` raises ``TypeError`` for an
+    encrypted key and ``UnsupportedAlgorithm`` for an odd one, and callers that read
+    a key from a cluster's ``cacerts`` or from ``ca.dir`` turn ``ValueError`` into one
+    line naming the file; anything else would escape as a traceback.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        raise ValueError("the private key is encrypted (istiod and meshctl need it "
+                         "unencrypted)") from None
+    except UnsupportedAlgorithm:
+        raise ValueError("the private key's algorithm is not supported") from None
+    except ValueError:
+        raise ValueError("not a PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ValueError("unsupported private key type")
+        raise ValueError("unsupported private key type (expected RSA or ECDSA)")
     return key
 
 

@@ -8,7 +8,9 @@ So, over every cluster of the mesh, one ``--step`` at a time:
 
 1. make the new root; every ``root-cert.pem`` becomes old + new (intermediates kept),
 2. re-issue every intermediate under the new root (``root-cert.pem`` still old + new),
-3. drop the old root from every bundle; keep it in ``<ca.dir>/backups/root.backup-<time>/``.
+3. drop the old root from every bundle; keep it in ``<ca.dir>/backups/root.backup-<time>/``;
+   refused until ``ca.workloadCertTTL`` has passed since step 2 finished
+   (:mod:`meshctl.ca.rotation_wait`).
 
 A leaf from the old or the new intermediate of any cluster verifies against every
 cluster's bundle through steps 1 and 2; only after step 3 do old-chain leaves stop
@@ -29,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from meshctl import kube
-from meshctl.ca import cacerts, certs, pki
+from meshctl.ca import cacerts, certs, pki, rotation_wait
 from meshctl.ca.rotation_state import (
     NEXT_ROOT,
     STATE_FILE,
@@ -63,7 +65,7 @@ STEPS = {
 }
 RELOAD_NOTE = ("istiod (Istio >= 1.18) reloads plug-in certificates from cacerts on its own; "
                "workload certificates are re-issued under the new intermediate within their "
-               "TTL (24h by default)")
+               "TTL (24h by default; ca.workloadCertTTL in mesh.yaml)")
 
 Progress = Callable[[str], None]
 
@@ -88,6 +90,8 @@ class StepResult:
     new_root: str
     clusters: tuple[ClusterResult, ...]
     archived: str | None = None
+    step3_from: datetime | None = None  # after step 2: when step 3 may drop the old root
+    wait: str | None = None  # ... and why then ("24h00m (ca.workloadCertTTL)")
 
     @property
     def next_step(self) -> int | None:
@@ -108,7 +112,19 @@ def _local(settings: CASettings, cluster: str) -> certs.Bundle:
 
 
 def _live(clients: Mapping[str, kube.Kube]) -> dict[str, certs.Bundle | None]:
-    return {name: cacerts.read(k) for name, k in clients.items()}
+    """Every cluster's live bundle (``None``: no Secret); one that is there but cannot
+    be read (an encrypted ``ca-key.pem``, a truncated certificate) stops the step
+    before any write, naming every such cluster and the field."""
+    secrets = {name: k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
+               for name, k in clients.items()}
+    problems = [why for name, secret in secrets.items()
+                if secret is not None and (why := cacerts.problem(name, secret))]
+    if problems:
+        raise CheckFailed("; ".join(problems) + "; nothing was changed",
+                          hint="certs.status shows every cluster's cacerts; certs.issue "
+                               "--cluster NAME --force replaces one after saving it")
+    return {name: cacerts.from_secret(name, secret) if secret else None
+            for name, secret in secrets.items()}
 
 
 def _stage_name(stage: int | None) -> str:
@@ -184,13 +200,15 @@ def _order(state: State | None, step: int) -> None:
 
 
 def run_step(config: Config, step: int, *, clients: Mapping[str, kube.Kube] | None = None,
-             progress: Progress | None = None) -> StepResult:
+             progress: Progress | None = None, force: bool = False) -> StepResult:
     """Run root rotation step ``step`` (1-3) over every cluster of ``config``.
 
     Facts first: reads every cluster's ``cacerts`` before changing any.  Raises
     :class:`UsageError` (exit 2) out of order, :class:`CheckFailed` (exit 1) when a
-    cluster is not where the step needs it.  Re-running a completed step changes
-    nothing and returns ``noop=True``.
+    cluster is not where the step needs it, and for step 3 while workload certificates
+    under the old root may still be in use (:mod:`meshctl.ca.rotation_wait`; ``force``
+    goes ahead after saying the risk through ``progress``).  Re-running a completed
+    step changes nothing and returns ``noop=True``.
     """
     say = progress or (lambda _m: None)
     settings = config.mesh.ca
@@ -213,16 +231,18 @@ def run_step(config: Config, step: int, *, clients: Mapping[str, kube.Kube] | No
         if any(s != 3 for s in stages.values()):
             raise CheckFailed("root rotation finished, but " + ", ".join(
                 f"{n} is at {_stage_name(s)}" for n, s in stages.items() if s != 3))
-        return StepResult(step=3, noop=True, old_root=state.old_root, new_root=state.new_root,
-                          clusters=tuple(ClusterResult(n, False, "already done") for n in names),
-                          archived=state.archived)
+        return _result(state, 3, noop=True, config=config, clients=clients,
+                       clusters=tuple(ClusterResult(n, False, "already done") for n in names))
     assert state is not None
     stages = _require_stages(step, live, state.old_root, state.new_root)
     old, new = load_roots(settings, state)
     if all(s == step for s in stages.values()) and state.step == step and state.complete:
-        return StepResult(step=step, noop=True, old_root=state.old_root,
-                          new_root=state.new_root, archived=state.archived,
-                          clusters=tuple(ClusterResult(n, False, "already done") for n in names))
+        return _result(state, step, noop=True, clusters=tuple(
+            ClusterResult(n, False, "already done") for n in names), config=config,
+            clients=clients)
+    if step == 3 and state.step == 2:  # not begun yet: the old root is still trusted
+        rotation_wait.check(state, rotation_wait.wait_for(settings, clients), force=force,
+                            warn=say)
     state = replace(state, step=step, complete=False, updated=_now())
     save_state(settings, state)
 
@@ -243,10 +263,23 @@ def run_step(config: Config, step: int, *, clients: Mapping[str, kube.Kube] | No
     archived = None
     if step == 3:
         archived = promote(settings, state, old, new)
-    state = replace(state, complete=True, updated=_now(), archived=archived or state.archived)
+    state = replace(state, complete=True, updated=_now(), archived=archived or state.archived,
+                    step2_finished=_now() if step == 2 else state.step2_finished)
     save_state(settings, state)
-    return StepResult(step=step, noop=False, old_root=state.old_root, new_root=state.new_root,
-                      clusters=tuple(results), archived=state.archived)
+    return _result(state, step, noop=False, clusters=tuple(results), config=config,
+                   clients=clients)
+
+
+def _result(state: State, step: int, *, noop: bool, clusters: tuple[ClusterResult, ...],
+            config: Config, clients: Mapping[str, kube.Kube]) -> StepResult:
+    """What the step did; after step 2, also when step 3 may follow and why then."""
+    step3_from = wait = None
+    if step == 2:
+        waiting = rotation_wait.wait_for(config.mesh.ca, clients)
+        step3_from, wait = rotation_wait.step3_from(state, waiting), waiting.describe()
+    return StepResult(step=step, noop=noop, old_root=state.old_root, new_root=state.new_root,
+                      clusters=clusters, archived=state.archived, step3_from=step3_from,
+                      wait=wait)
 
 
 def _start(settings: CASettings, names: tuple[str, ...],
@@ -308,8 +341,9 @@ def rotate_intermediate(config: Config, cluster: str, *,
     settings = config.mesh.ca
     refuse_if_rotating(settings, "certs.rotate --cluster")
     root = certs.load_root(settings)
+    certs.refuse_to_sign(root, settings)  # as certs.issue: never under an expired root
     k = client or kube.client(config.cluster(cluster))
-    live = cacerts.read(k)
+    live = _live({cluster: k})[cluster]
     if live is not None and certs.chain_problem_to([live.ca_cert], [root.cert]) is not None:
         raise CheckFailed(f"{cluster}: its cacerts is not under the local root "
                           f"{pki.fingerprint(root.cert)[:23]}…",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -48,6 +49,19 @@ class State:
     started: str
     updated: str
     archived: str | None = None  # where step 3 kept the old root
+    # when step 2 was complete on every cluster (ISO 8601): step 3 waits a workload
+    # certificate's lifetime from here (meshctl.ca.rotation_wait)
+    step2_finished: str | None = None
+
+    @property
+    def step2_time(self) -> datetime | None:
+        """When step 2 finished on every cluster; a state file from before this field
+        was kept says it through ``updated`` (written as step 2 completed)."""
+        if self.step2_finished:
+            return _time(self.step2_finished)
+        if self.step == 2 and self.complete:
+            return _time(self.updated)
+        return None
 
     @property
     def done(self) -> int:
@@ -66,6 +80,12 @@ class State:
         return {**asdict(self), "clusters": list(self.clusters)}
 
 
+def _time(text: str) -> datetime:
+    """An ISO 8601 time from ``rotation.json`` (UTC when it names no zone)."""
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def state_path(settings: CASettings) -> Path:
     return settings.dir / STATE_FILE
 
@@ -77,11 +97,15 @@ def load_state(settings: CASettings) -> State | None:
         return None
     try:
         doc = json.loads(path.read_text())
-        return State(old_root=doc["old_root"], new_root=doc["new_root"], step=int(doc["step"]),
-                     complete=bool(doc["complete"]), clusters=tuple(doc["clusters"]),
-                     started=doc["started"], updated=doc["updated"],
-                     archived=doc.get("archived"))
-    except (ValueError, KeyError, TypeError, OSError):
+        state = State(old_root=doc["old_root"], new_root=doc["new_root"],
+                      step=int(doc["step"]), complete=bool(doc["complete"]),
+                      clusters=tuple(doc["clusters"]), started=doc["started"],
+                      updated=doc["updated"], archived=doc.get("archived"),
+                      step2_finished=doc.get("step2_finished"))
+        if state.step2_finished is not None:
+            _time(state.step2_finished)  # a time that does not parse: unreadable state
+        return state
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
         raise ConfigError(f"{path}: unreadable root rotation state (hint: restore it from "
                           f"a backup; finished rotations' records are in "
                           f"{backups.backups_dir(settings)}/{backups.ROTATION}"

@@ -2,7 +2,8 @@
 
 The local files say what meshctl issued; only the cluster says what istiod uses.  So
 each cluster's ``istio-system/cacerts`` is read live and checked: intermediate
-validity (WARN under :data:`WARN_DAYS` days, FAIL expired or not yet valid),
+validity (WARN under :data:`WARN_DAYS` days, FAIL expired or not yet valid), each
+root's (WARN under :data:`ROOT_WARN_DAYS` days, unless a rotation is replacing it),
 ``cert-chain.pem`` up to a local root, key against certificate, same bytes as the
 local files.  Then across clusters: a workload trusts a peer only when the peer's
 intermediate chains to a root in its own ``root-cert.pem``, so every pair is checked
@@ -21,7 +22,8 @@ minority).  Data here, rendering in :mod:`meshctl.report`.
         "inProgress": bool, "step": 1-3, "complete": bool, "done": 0-3,
         "next": "certs.rotate --root --step N" | null,
         "oldRoot": "<fp>", "newRoot": "<fp>", "started": "<iso>", "updated": "<iso>",
-        "archived": "<path>" | null
+        "archived": "<path>" | null,
+        "step2Finished": "<iso>" | null           # step 3 waits ca.workloadCertTTL from it
       },
       "clusters": [{
         "name": "cluster1",
@@ -47,7 +49,7 @@ import base64
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -60,6 +62,9 @@ from meshctl.verdicts import FAIL, PASS, WARN, worst
 
 SCHEMA = "meshctl.certs.status/v1"
 WARN_DAYS = 30
+# A root rotation is three steps with a wait of a workload certificate's lifetime before
+# the last: warn about the root a season ahead, not a month, so there is time for it.
+ROOT_WARN_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,9 @@ class CertsStatus:
                    "done": s.done,
                    "next": f"certs.rotate --root --step {s.next_step}" if s.next_step else None,
                    "oldRoot": s.old_root, "newRoot": s.new_root, "started": s.started,
-                   "updated": s.updated, "archived": s.archived}
+                   "updated": s.updated, "archived": s.archived,
+                   "step2Finished": (s.step2_time.isoformat(timespec="seconds")
+                                     if s.step2_time else None)}
         return {"schema": SCHEMA, "level": self.level, "localRoots": list(self.local_roots),
                 "commonRoot": self.common_root, "rotation": rot,
                 "clusters": [c.to_json() for c in self.clusters],
@@ -161,12 +168,12 @@ def judge_cluster(name: str, secret: Mapping[str, Any] | None, *,
         return ClusterCerts(name, False, None, (), None, False, False, None, (Check(
             FAIL, f"no istio-system/cacerts: istiod uses a self-signed CA no other cluster "
                   f"trusts (hint: certs.issue --cluster {name})"),))
-    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
-    bundle = cacerts.from_secret(name, dict(secret))
-    if bundle is None:
+    try:
+        bundle = cacerts.parse(name, secret)
+    except ValueError as e:  # e names the field: "ca-key.pem: the private key is encrypted"
         return ClusterCerts(name, False, None, (), None, False, False, None, (Check(
-            FAIL, "istio-system/cacerts is not a CA bundle (ca-cert.pem, ca-key.pem, "
-                  "root-cert.pem unreadable or missing)"),))
+            FAIL, f"{cacerts.WHAT} is not a usable CA bundle: {e}"),))
+    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
     checks: list[Check] = []
     ca = bundle.ca_cert
     inter = Intermediate(subject=ca.subject.rfc4514_string(), serial=f"{ca.serial_number:x}",
@@ -180,8 +187,15 @@ def judge_cluster(name: str, secret: Mapping[str, Any] | None, *,
                                   f"(hint: certs.rotate --cluster {name})"))
     for root in bundle.roots:
         root_problem = certs.validity_problem(root, now=now)
+        root_days = certs.days_left(root, now=now)
         if root_problem:
             checks.append(Check(FAIL, f"root {_short(pki.fingerprint(root))} {root_problem}"))
+        elif root_days < ROOT_WARN_DAYS and not _dropping(root, state):
+            checks.append(Check(WARN, f"root {_short(pki.fingerprint(root))} expires in "
+                                      f"{root_days:.0f} days, and every intermediate and "
+                                      "workload certificate under it with it (hint: "
+                                      "certs.rotate --root --step 1; the staged rotation "
+                                      "waits ca.workloadCertTTL before its last step)"))
     if not pki.same_public_key(ca, bundle.ca_key):
         checks.append(Check(FAIL, "ca-key.pem does not belong to ca-cert.pem"))
 
@@ -226,6 +240,12 @@ def judge_cluster(name: str, secret: Mapping[str, Any] | None, *,
                         roots=tuple(pki.fingerprint(r) for r in bundle.roots),
                         signing_root=signing, chain_verifies=chain_problem is None,
                         matches_local=matches, rotation_stage=stage, checks=tuple(checks))
+
+
+def _dropping(root: x509.Certificate, state: rotation.State | None) -> bool:
+    """True for the old root of a rotation in progress: its end is being dealt with."""
+    return (state is not None and not state.finished
+            and pki.fingerprint(root) == state.old_root)
 
 
 def _bundle_or_none(name: str, data: Mapping[str, bytes]) -> certs.Bundle | None:
@@ -303,7 +323,11 @@ def collect(config: Config, names: Iterable[str] | None = None, *,
                                       state=state, now=now))
     common, checks = cross_checks(clusters, local_fps)
     if state is not None and not state.finished:
+        when = ""
+        if state.step == 2 and state.step2_time is not None:
+            start = state.step2_time + timedelta(seconds=settings.workload_cert_ttl)
+            when = f", not before {start:%Y-%m-%d %H:%M:%S} UTC (ca.workloadCertTTL)"
         checks.append(Check(PASS, f"root rotation in progress: step {state.done} of 3 done; "
-                                  f"next: certs.rotate --root --step {state.next_step}"))
+                                  f"next: certs.rotate --root --step {state.next_step}{when}"))
     return CertsStatus(local_roots=local_fps, common_root=common, rotation=state,
                        clusters=tuple(clusters), checks=tuple(checks))

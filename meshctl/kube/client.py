@@ -34,12 +34,15 @@ import yaml
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-from meshctl import files
+from meshctl import envvars, files
 from meshctl.config import Cluster
 from meshctl.errors import ClusterError, ConfigError, one_line
 from meshctl.kube import connection
 
-DEFAULT_DEADLINE = float(os.environ.get("MESHCTL_API_DEADLINE", "60"))
+# The retry budget of one API call, in seconds.  $MESHCTL_API_DEADLINE changes it, read at
+# each call (api_deadline), never at import: a bad value is one line naming the variable.
+DEFAULT_DEADLINE = 60.0
+DEADLINE_ENV = "MESHCTL_API_DEADLINE"
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
 MAX_RETRY_AFTER = 30.0
 PAGE_SIZE = 500
@@ -107,6 +110,17 @@ class _WaitRetryAfter(tenacity.wait.wait_base):
         if isinstance(exc, ApiError) and exc.retry_after is not None:
             return min(exc.retry_after, MAX_RETRY_AFTER)
         return self.fallback(retry_state)
+
+
+def api_deadline(deadline: float = DEFAULT_DEADLINE) -> float:
+    """The budget for one call: ``$MESHCTL_API_DEADLINE`` (seconds) replaces the default
+    and caps a shorter one a command chose for itself (``status`` takes 15 s); unset,
+    ``deadline`` as given.  A bad value is a :class:`UsageError` naming the variable
+    (exit 2), raised when a command first calls the API, not when meshctl is imported."""
+    if envvars.text(DEADLINE_ENV) is None:
+        return deadline
+    override = envvars.number(DEADLINE_ENV, default=DEFAULT_DEADLINE, minimum=0)
+    return override if deadline == DEFAULT_DEADLINE else min(deadline, override)
 
 
 def retrying(deadline: float = DEFAULT_DEADLINE) -> tenacity.Retrying:
@@ -197,7 +211,7 @@ class Kube:
                 query: Mapping | None = None, content_type: str | None = None,
                 what: str = "") -> Any:
         """One API call under the retry policy; JSON in and out."""
-        for attempt in retrying(self.deadline):
+        for attempt in retrying(api_deadline(self.deadline)):
             with attempt:
                 return self._send(method, path, body=body, query=query,
                                   content_type=content_type, what=what)

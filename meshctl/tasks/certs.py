@@ -48,8 +48,11 @@ def issue(c, cluster=None, no_apply=False, force=False, clusters_dir=None):
     for name, (bundle, created) in certs.ensure_intermediates(root, names, cfg.mesh.ca).items():
         bundles[name] = bundle
         verb = "issued" if created else "kept"
+        end = bundle.ca_cert.not_valid_after_utc
+        cut = (" (the root's end: rotate the root before then)"
+               if end == root.cert.not_valid_after_utc else "")
         report.out.print(f"{name}: {verb} intermediate serial {bundle.ca_cert.serial_number:x}, "
-                         f"valid until {bundle.ca_cert.not_valid_after_utc:%Y-%m-%d}, in "
+                         f"valid until {end:%Y-%m-%d}{cut}, in "
                          f"{certs.cluster_dir(cfg.mesh.ca, name)}")
     if no_apply:
         return
@@ -82,20 +85,25 @@ def status(c, cluster=None, json=False, clusters_dir=None):
     "cluster": "cluster whose intermediate to replace (same root)",
     "root": "staged root rotation over all clusters (with --step)",
     "step": "root rotation step: 1 trust old+new, 2 re-issue intermediates, "
-        "3 drop the old root"})
-def rotate(c, cluster=None, root=False, step=None, clusters_dir=None):
+        "3 drop the old root",
+    "force": "with --root --step 3: drop the old root before ca.workloadCertTTL has "
+        "passed since step 2 (workload certificates still under it then fail mTLS)"})
+def rotate(c, cluster=None, root=False, step=None, force=False, clusters_dir=None):
     """New intermediate under the same root, or one step of a staged root rotation."""
     from meshctl.ca import cacerts, rotation
 
     step = int(_common.number("--step", step, default=0))
     cfg = _common.load(clusters_dir)
+    if force and not (root and step == 3):
+        raise UsageError("--force only goes with --root --step 3 (it skips the wait for "
+                         "workload certificates before the old root is dropped)")
     if root:
         if cluster:
             raise UsageError("--root rotates every cluster of the mesh; drop --cluster")
         if step not in rotation.STEPS:
             raise UsageError("--root needs --step 1, 2 or 3 (one step at a time, "
                              "certs.status between)")
-        result = rotation.run_step(cfg, step, progress=report.err.print)
+        result = rotation.run_step(cfg, step, progress=report.err.print, force=force)
         _print_step(result)
         return
     if step:
@@ -125,9 +133,12 @@ def _print_step(result: rotation.StepResult) -> None:
         report.out.print(f"  {c.cluster}: {c.detail}", highlight=False)
     if result.archived:
         report.out.print(f"old root archived in {result.archived}")
-    if result.next_step:
-        report.out.print(f"next, once certs.status is clean (and, after step 2, workload "
-                         f"certificates have renewed: their TTL, 24h by default): "
+    if result.step3_from is not None:
+        report.out.print(f"next, once certs.status is clean and not before "
+                         f"{result.step3_from:%Y-%m-%d %H:%M:%S} UTC (workload certificates "
+                         f"renew within {result.wait}): certs.rotate --root --step 3")
+    elif result.next_step:
+        report.out.print(f"next, once certs.status is clean: "
                          f"certs.rotate --root --step {result.next_step}")
     if result.step == 2 and not result.noop:
         report.out.print(rotation.RELOAD_NOTE)
