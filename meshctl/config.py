@@ -28,7 +28,7 @@ ROLES = ("primary", "remote")
 CLUSTER_KEYS = {"name", "context", "kubeconfig", "network", "role", "apiServer",
                 "injectNamespaces", "eastWestAddress"}
 CLUSTER_REQUIRED = ("name", "context", "network")
-MESH_KEYS = {"meshID", "trustDomain", "istio", "ca"}
+MESH_KEYS = {"meshID", "trustDomain", "clusterDomain", "istio", "ca"}
 ISTIO_KEYS = {"revision", "values", "sidecar"}
 RESOURCE_KEYS = {"cpu", "memory"}
 CA_KEYS = {"dir", "key", "rootDays", "intermediateDays", "organization", "workloadCertTTL"}
@@ -105,6 +105,9 @@ class Mesh:
     source: Path
     trust_domain: str = "cluster.local"
     istio: IstioSettings = IstioSettings()
+    # The clusters' DNS domain (kubelet's clusterDomain): service host names end in it.
+    # Not the trust domain, which names identities and may differ.
+    cluster_domain: str = "cluster.local"
     ca: CASettings = CASettings()
 
 
@@ -318,6 +321,10 @@ def load_mesh(path: Path) -> Mesh:
     if not names.dns_name(trust_domain):  # Istio's rule; it names every SPIFFE identity
         raise ConfigError(f"{path}: key 'trustDomain': {names.shown(trust_domain)} is not a "
                           "trust domain (DNS-1123 labels joined by '.', e.g. cluster.local)")
+    cluster_domain = _string(path, "clusterDomain", data.get("clusterDomain")) or "cluster.local"
+    if not names.dns_name(cluster_domain):
+        raise ConfigError(f"{path}: key 'clusterDomain': {names.shown(cluster_domain)} is not "
+                          "a DNS domain (DNS-1123 labels joined by '.', e.g. cluster.local)")
 
     istio_raw = _mapping(path, "key 'istio'", data.get("istio") or {})
     _check_keys(path, "istio", istio_raw, ISTIO_KEYS)
@@ -354,6 +361,7 @@ def load_mesh(path: Path) -> Mesh:
         mesh_id=mesh_id,
         source=path,
         trust_domain=trust_domain,
+        cluster_domain=cluster_domain,
         istio=IstioSettings(revision=revision, values=MappingProxyType(dict(values)),
                             sidecar=sidecar),
         ca=CASettings(dir=ca_dir if ca_dir.is_absolute() else path.parent / ca_dir,

@@ -202,6 +202,30 @@ def print_canary(result: Any) -> None:
         out.print(f"{result.host} routes {split}", highlight=False)
 
 
+def print_observation(seen: Any) -> None:
+    """``canary --observe``: configured vs observed per version, the bounds, who answered."""
+    j = seen.judgement
+    out.print(f"observed {j.answered}/{j.sent} calls from {seen.caller} to "
+              f"{seen.host}:{seen.port} through {seen.probe}", highlight=False)
+    table = WholeWordTable(title_justify="left")
+    for col in ("version", "configured", "observed", "allowed (calls)", "verdict"):
+        table.add_column(col)
+    for v in j.versions:
+        share = f"{100 * v.observed / j.answered:.1f}%" if j.answered else "-"
+        table.add_row(v.version, f"{v.weight}%", f"{share} ({v.observed})",
+                      f"{v.low}-{v.high}", "PASS" if v.ok else "FAIL")
+    for version, n in j.unexpected:
+        table.add_row(version, "0% (no subset)", str(n), "0-0", "FAIL")
+    out.print(table)
+    for cluster, version, n in seen.by_cluster:
+        out.print(f"  answered by {cluster} {version}: {n}", highlight=False)
+    for cause, n in seen.causes:
+        out.print(f"  failed: {n} x {cause}", highlight=False)
+    out.print(f"bounds: exact binomial, chance that a healthy mesh falls outside them "
+              f"< {j.rate:.1%}; failed calls are never tolerated", highlight=False)
+    out.print(f"probe: {seen.limits}", highlight=False)
+
+
 def verify_table(result: Any) -> Table:
     """``verify``: one row per check (a ``verify.Result``), hint under the message."""
     verdict = "PASSED" if result.passed else "FAILED"

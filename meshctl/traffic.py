@@ -6,8 +6,14 @@ Why it is shaped like this:
   because Istio would silently normalise any total and meshctl asks for what the
   user means; versions are DNS-1123 labels because they become subset names.
 - Building the objects is pure (``objects``), from ``templates/``; the host is
-  ``<service>.<namespace>.svc.<trustDomain>`` with the mesh's ``trustDomain`` from
-  mesh.yaml (``cluster.local`` unless set).
+  ``<service>.<namespace>.svc.<clusterDomain>``: the clusters' DNS domain from mesh.yaml
+  (``cluster.local`` unless set), never the trust domain, which names identities and
+  may differ (a VirtualService for ``…svc.example.org`` matches no service).  The
+  DestinationRule asks for Istio mTLS (``ISTIO_MUTUAL``): Envoy sidecars would choose it
+  anyway, and proxyless gRPC callers use mTLS only when a DestinationRule says so.
+- ``--observe N`` (``observe``) sends N calls through a probe after the write and
+  judges the split with exact binomial bounds (:mod:`meshctl.split`); the calls are
+  routed by these very objects, nothing written for the observation.
 - Where they go: in a multi-primary mesh every istiod configures only its own
   cluster's proxies, so the objects go to every primary cluster of the mesh (every
   ``role: primary`` cluster file of the folder, whichever ``--cluster`` names: that
@@ -35,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from meshctl import kube, manifests, ownership
+from meshctl import kube, manifests, ownership, probes, split
 from meshctl.config import DNS1123_LABEL, Config
 from meshctl.errors import CheckFailed, UsageError
 
@@ -93,7 +99,7 @@ class Options:
     weights: tuple[tuple[str, int], ...]
     promote: str | None = None
     force: bool = False
-    domain: str = "cluster.local"  # the mesh's trustDomain
+    domain: str = "cluster.local"  # the clusters' DNS domain (mesh.yaml clusterDomain)
     mesh_id: str = ""
 
     @property
@@ -114,7 +120,7 @@ def options(config: Config, *, cluster: str | None, namespace: str | None,
         raise UsageError("--service is required")
     _label(namespace, "--namespace")
     _label(service, "--service")
-    mesh = {"domain": config.mesh.trust_domain, "mesh_id": config.mesh.mesh_id}
+    mesh = {"domain": config.mesh.cluster_domain, "mesh_id": config.mesh.mesh_id}
     if promote is not None:
         if weights:
             raise UsageError("--promote and --weights exclude each other "
@@ -222,10 +228,25 @@ def _managed(obj: dict[str, Any], mesh_id: str) -> bool:
     return ownership.is_managed(obj, mesh_id or None)
 
 
+def _any_endpoint(k: kube.Kube, opts: Options, sel: str, version: str) -> bool:
+    """A pod, or a WorkloadEntry (Istio selects those with the Service's selector too)."""
+    for path, kind in ((f"/api/v1/namespaces/{opts.namespace}/pods", "pods"),
+                       (f"/apis/{API_VERSION}/namespaces/{opts.namespace}/workloadentries",
+                        "WorkloadEntries")):
+        try:
+            found = k.request("GET", path, query={"labelSelector": sel, "limit": 1},
+                              what=f"list {kind} of {opts.service} version {version}")
+        except kube.NotFound:
+            continue
+        if found.get("items"):
+            return True
+    return False
+
+
 def _version_warnings(opts: Options, where: list[tuple[kube.Kube, dict[str, Any]]]
                       ) -> list[str]:
-    """One WARN per version that no cluster serving the Service has a pod for
-    (pods behind the Service carrying ``version=<v>``)."""
+    """One WARN per version that no cluster serving the Service has an endpoint for
+    (pods or WorkloadEntries behind the Service carrying ``version=<v>``)."""
     warnings = []
     for version, weight in opts.weights:
         sel = ""
@@ -234,16 +255,14 @@ def _version_warnings(opts: Options, where: list[tuple[kube.Kube, dict[str, Any]
             selector = (service.get("spec") or {}).get("selector") or {}
             base = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
             sel = ",".join(p for p in (base, f"{VERSION_LABEL}={version}") if p)
-            pods = k.request("GET", f"/api/v1/namespaces/{opts.namespace}/pods",
-                             query={"labelSelector": sel, "limit": 1},
-                             what=f"list pods of {opts.service} version {version}")
-            if pods.get("items"):
+            if _any_endpoint(k, opts, sel, version):
                 seen = True
                 break
         if not seen:
             on = ", ".join(k.cluster for k, _ in where)
-            warnings.append(f"no pod in namespace {opts.namespace} on {on} matches "
-                            f"{sel}: subset {version} (weight {weight}) has no endpoints")
+            warnings.append(f"no pod or WorkloadEntry in namespace {opts.namespace} on {on} "
+                            f"matches {sel}: subset {version} (weight {weight}) has no "
+                            "endpoints")
     return warnings
 
 
@@ -329,3 +348,50 @@ def apply(config: Config, opts: Options) -> Result:
                   weights=opts.weights, actions=actions, warnings=tuple(warnings),
                   promoted=opts.promote,
                   writes=sum(t.k.mutations for t in found) - before)
+
+
+# --- observe ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """``--observe N``: the split judged, the answers by cluster, the failures by cause."""
+
+    probe: str
+    limits: str
+    caller: str
+    host: str
+    port: int
+    judgement: split.Judgement
+    by_cluster: tuple[tuple[str, str, int], ...]  # (cluster, version, answers)
+    causes: tuple[tuple[str, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """``observed`` in ``meshctl.canary/v1`` (a key added with --observe)."""
+        return {"probe": self.probe, "limits": self.limits, "from": self.caller,
+                "host": self.host, "port": self.port, **self.judgement.to_json(),
+                "byCluster": [{"cluster": c, "version": v, "answers": n}
+                              for c, v, n in self.by_cluster],
+                "causes": dict(self.causes)}
+
+
+def observe(opts: Options, probe: probes.Probe, count: int, *,
+            rate: float = split.RATE) -> Observation:
+    """Send ``count`` calls from ``--cluster`` to the canary's host; judge the split.
+
+    The routing is whatever the mesh holds: meshctl's VirtualService and
+    DestinationRule written just before, nothing written for the observation.
+    """
+    port = probe.port(opts.cluster, opts.namespace, opts.service)
+    if port is None:
+        raise CheckFailed(f"{opts.cluster}: no Service {opts.namespace}/{opts.service} to call",
+                          hint="--observe calls the Service from --cluster's cluster")
+    probe.settle()
+    got = probe.send(opts.cluster, opts.namespace, opts.host, port, count)
+    by_version: dict[str, int] = {}
+    for (_cluster, version), n in got.answered.items():
+        by_version[version] = by_version.get(version, 0) + n
+    judgement = split.judge(opts.weights, by_version, sent=got.sent, rate=rate)
+    by_cluster = tuple(sorted((c, v, n) for (c, v), n in got.answered.items()))
+    return Observation(probe.name, probe.limits, opts.cluster, opts.host, port, judgement,
+                       by_cluster, tuple(sorted(got.causes.items())))

@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 
 from meshctl import config, traffic
 from meshctl.errors import UsageError
-from tests.factories import assert_one_line_error, cluster_doc, meshctl, write_folder
+from tests.factories import assert_one_line_error, cluster_doc, mesh_doc, meshctl, write_folder
 from tests.sandbox_fixtures import NamespaceFactory, SandboxFactory, SandboxHandle
 from tests.traffic_sandbox import bootstrapped
 
@@ -106,7 +106,7 @@ def test_dry_run_prints_yaml_without_a_cluster(offline_dir: Path) -> None:
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshctl"
 
 
-def test_host_uses_the_mesh_trust_domain_and_objects_carry_the_mesh(tmp_path: Path) -> None:
+def test_host_ignores_the_trust_domain_and_objects_carry_the_mesh(tmp_path: Path) -> None:
     folder = write_folder(tmp_path, [cluster_doc("cluster1")],
                           {"meshID": "shop-mesh", "trustDomain": "corp.example"})
     result = meshctl("canary", "--cluster", "cluster1", "--namespace", "shop", "--service",
@@ -114,8 +114,8 @@ def test_host_uses_the_mesh_trust_domain_and_objects_carry_the_mesh(tmp_path: Pa
                      "--clusters-dir", str(folder))
     assert result.returncode == 0, result.stderr
     dr, vs = list(yaml.safe_load_all(result.stdout))
-    assert dr["spec"]["host"] == "reviews.shop.svc.corp.example"
-    assert vs["spec"]["hosts"] == ["reviews.shop.svc.corp.example"]
+    assert dr["spec"]["host"] == "reviews.shop.svc.cluster.local"
+    assert vs["spec"]["hosts"] == ["reviews.shop.svc.cluster.local"]
     for obj in (dr, vs):
         assert obj["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "meshctl",
                                              "meshctl.io/mesh": "shop-mesh"}
@@ -135,6 +135,24 @@ def test_promote_keeps_the_other_subsets_sorted(offline_dir: Path) -> None:
     assert [s["name"] for s in dr["spec"]["subsets"]] == ["v1", "v2"]
     assert vs["spec"]["http"][0]["route"] == [
         {"destination": {"host": opts.host, "subset": "v2"}, "weight": 100}]
+
+
+@pytest.mark.parametrize(("extra", "host"), [
+    ({"trustDomain": "example.org"}, "reviews.shop.svc.cluster.local"),
+    ({"trustDomain": "example.org", "clusterDomain": "corp.internal"},
+     "reviews.shop.svc.corp.internal"),
+], ids=["trust-domain-is-not-dns", "cluster-domain-set"])
+def test_host_is_the_clusters_dns_domain_never_the_trust_domain(
+        tmp_path: Path, extra: dict[str, str], host: str) -> None:
+    """A VirtualService for reviews.shop.svc.example.org matches no service: the host is
+    the clusters' DNS domain (mesh.yaml clusterDomain, cluster.local unless set)."""
+    mesh = {**mesh_doc(tmp_path), **extra}
+    cfg = config.load(write_folder(tmp_path, [cluster_doc("cluster1")], mesh))
+    opts = traffic.options(cfg, cluster="cluster1", namespace="shop", service="reviews",
+                           weights="v1=80,v2=20")
+    dr, vs = traffic.objects(opts)
+    assert opts.host == host == dr["spec"]["host"] == vs["spec"]["hosts"][0]
+    assert dr["spec"]["trafficPolicy"] == {"tls": {"mode": "ISTIO_MUTUAL"}}
 
 
 # --- on the sandbox ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tests.factories import REPO
 MESHCTL = REPO / "meshctl"
 LAYERS: list[set[str]] = [
     {"errors", "files", "ownership", "render", "report", "tables", "verdicts", "versions",
-     "ca.pki", "durations", "envvars", "names"},
+     "ca.pki", "durations", "envvars", "names", "probes", "split"},
     {"config"},
     {"topology"},
     {"kube", "istio"},

@@ -61,7 +61,7 @@ def go_env() -> dict[str, str]:
 
 
 def spawn(state_dir: Path, cluster: str, component: str, argv: Sequence[str],
-          *, env: dict[str, str] | None = None) -> Proc:
+          *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
     """Start ``argv`` in its own session, output to its log, and write its pid file.
 
     ``start_new_session`` makes the process a group leader, so ``down`` can signal it
@@ -73,7 +73,7 @@ def spawn(state_dir: Path, cluster: str, component: str, argv: Sequence[str],
     with open(log, "ab") as out:
         popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=env, close_fds=True)
+                                 env=env, cwd=cwd, close_fds=True)
     pf = pid_file(state_dir, cluster, component)
     pf.parent.mkdir(parents=True, exist_ok=True)
     pf.write_text(f"{popen.pid}\n")
@@ -157,6 +157,11 @@ def stop_all(state_dir: Path, *, timeout: float = 10.0) -> list[str]:
     for pf in (state_dir / "pids").glob("*.pid"):
         pf.unlink(missing_ok=True)
     return killed
+
+
+def stop_group(group: dict[str, int], timeout: float = 10.0) -> list[str]:
+    """Stop these processes (TERM, KILL after ``timeout``); the names of those killed."""
+    return _stop(group, timeout)
 
 
 def _stop(group: dict[str, int], timeout: float) -> list[str]:

@@ -142,3 +142,36 @@ def dns_label(flag: str, value: object, *, default: str) -> str:
         raise UsageError(f"{flag} {text[:70]!r}: not a DNS-1123 label (lower-case letters, "
                          "digits and '-', at most 63)")
     return text
+
+
+MAX_OBSERVE = 10000
+
+
+def observe_count(value: object) -> int:
+    """``--observe N``: 0 when not given, else a whole number from 1 to 10000 (exit 2)."""
+    if value is None or value is False:
+        return 0
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise UsageError(f"--observe must be a whole number of calls, got {value!r}") from None
+    if not 1 <= n <= MAX_OBSERVE:
+        raise UsageError(f"--observe must be from 1 to {MAX_OBSERVE}, got {n}")
+    return n
+
+
+def probe_for(cfg: config.Config, *, needed_by: str) -> Any:
+    """The traffic probe for these clusters: the sandbox's workloads on sandbox clusters.
+
+    On other clusters there is none yet that can tell versions of an arbitrary service
+    apart, so the flag that needs it is refused before anything is written.
+    """
+    from meshctl.sandbox import probe as sandbox_probe
+
+    paths = [Path(c.kubeconfig) if c.kubeconfig else Path(os.environ.get(
+        "KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]) for c in cfg.clusters.values()]
+    sb = sandbox_probe.detect(paths)
+    if sb is None:
+        raise UsageError(f"{needed_by} needs a probe that can tell versions apart; meshctl "
+                         "has one for sandbox clusters only (meshctl sandbox.workload)")
+    return sandbox_probe.Probe(sb)

@@ -226,12 +226,14 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
     "force": "take over a VirtualService/DestinationRule meshctl does not manage "
         "(their extra spec fields are removed)",
     "dry-run": "print the YAML, contact no cluster",
+    "observe": "then send N calls from --cluster's cluster through a probe and compare "
+        "the split with the weights (exact binomial bounds; exit 1 outside them)",
     "json": "print one JSON document (schema meshctl.canary/v1)"})
 def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=None,
-           force=False, dry_run=False, json=False, clusters_dir=None):
+           force=False, dry_run=False, observe=None, json=False, clusters_dir=None):
     """Weighted routing between versions: DestinationRule subsets + VirtualService.
 
-    Written to every primary of the mesh, host ``<service>.<namespace>.svc.<trustDomain>``;
+    Written to every primary of the mesh, host ``<service>.<namespace>.svc.<clusterDomain>``;
     every primary is checked (Service, namespace, who owns what is there) before the
     first write.
     """
@@ -240,15 +242,29 @@ def canary(c, cluster=None, namespace=None, service=None, weights=None, promote=
     cfg = _common.load(clusters_dir)
     opts = traffic.options(cfg, cluster=cluster, namespace=namespace, service=service,
                            weights=weights, promote=promote, force=force)
+    count = _common.observe_count(observe)
     if dry_run:
         report.out.print(traffic.to_yaml(traffic.objects(opts)), markup=False,
                          highlight=False, end="")
         return
+    probe = _common.probe_for(cfg, needed_by="--observe") if count else None
     result = traffic.apply(cfg, opts)
+    seen = None
+    if probe is not None:
+        try:
+            seen = traffic.observe(opts, probe, count)
+        finally:
+            probe.close()
     if json:
-        report.print_json(result.to_json())
+        report.print_json({**result.to_json(), **({"observed": seen.to_json()} if seen else {})})
     else:
         report.print_canary(result)
+        if seen:
+            report.print_observation(seen)
+    if seen and not seen.judgement.ok:
+        raise CheckFailed(f"canary: the observed split of {seen.judgement.sent} calls does "
+                          "not match the weights" + (f" ({seen.judgement.failed} failed)"
+                                                     if seen.judgement.failed else ""))
 
 
 @_common.mesh_task(iterable=("remote",), help={

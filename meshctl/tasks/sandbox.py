@@ -79,6 +79,39 @@ def down(c):
     print(f"stopped {result.stopped} process(es){forced}; removed {result.state_dir}")
 
 
+@task(help={
+    "cluster": "sandbox cluster to run the workload in (cluster1, ...)",
+    "namespace": "namespace of the workload (created when missing)",
+    "service": "Service name (created when missing; selects app=<service>)",
+    "version": "the workload's version label (v1, v2, ...)",
+    "replicas": "how many servers to start, default 1",
+    "delete": "stop and unregister the matching workloads instead (every version "
+              "when --version is not given)",
+})
+@guard
+def workload(c, cluster, namespace="sample", service="echo", version="", replicas=None,
+             delete=False):
+    """Real workloads (proxyless gRPC: pilot-agent + Istio's echo server) in a sandbox cluster."""
+    from meshctl.sandbox import lifecycle as sandbox
+    from meshctl.sandbox import workload as wl
+
+    sb = sandbox.load()
+    if delete:
+        gone = wl.delete(sb, cluster=cluster, namespace=namespace, service=service,
+                         version=version)
+        print(f"{cluster}: stopped {len(gone)} workload(s) of {namespace}/{service}"
+              + (f" {version}" if version else ""))
+        return
+    if not version:
+        raise UsageError("--version is required to start workloads (e.g. --version v1)")
+    started = wl.start(sb, cluster=cluster, namespace=namespace, service=service,
+                       version=version, replicas=_int("--replicas", replicas or 1),
+                       progress=_progress)
+    for w in started:
+        print(f"{w.cluster}: {w.namespace}/{w.service} {w.version} at {w.ip}:{wl.PORT} "
+              f"(WorkloadEntry {w.entry})")
+
+
 @task(help={"json": "print the status as JSON"})
 @guard
 def status(c, json_=False):
