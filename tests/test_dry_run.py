@@ -273,6 +273,20 @@ def test_a_record_cannot_reach_outside_out(tmp_path: Path) -> None:
     assert (out / "c1" / "deep" / "x.yaml").read_text() == "keep me too"
 
 
+@pytest.mark.parametrize("record", ["[1, 2]", "not json", '{"kind": "DryRunFiles", "files": 7}',
+                                    '{"kind": "Other", "files": ["c1/namespace.yaml"]}'])
+def test_a_record_of_another_shape_removes_nothing(tmp_path: Path, record: str) -> None:
+    folder = write_folder(tmp_path, [cluster_doc("c1"), cluster_doc("c2")])
+    out = tmp_path / "out"
+    (out / "c9").mkdir(parents=True)
+    (out / "c9" / "namespace.yaml").write_text("mine")
+    (out / dry_run.WRITTEN_FILE).write_text(record.replace("c1/", "c9/"))
+    result = meshctl("bootstrap", "--main", "c1", "--remote", "c2", "--dry-run",
+                     "--clusters-dir", str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "c9" / "namespace.yaml").read_text() == "mine"
+
+
 def test_a_key_left_by_an_older_dry_run_is_named_not_removed(tmp_path: Path) -> None:
     folder = write_folder(tmp_path, [cluster_doc("c1"), cluster_doc("c2")])
     assert meshctl("certs.init", "--clusters-dir", str(folder)).returncode == 0

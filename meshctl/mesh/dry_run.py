@@ -237,8 +237,10 @@ def _recorded(out: Path) -> set[str]:
         doc = json.loads((out / WRITTEN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
-    listed = doc.get("files") if isinstance(doc, dict) else None
-    if doc.get("kind") != "DryRunFiles" or not isinstance(listed, list):
+    if not isinstance(doc, dict) or doc.get("kind") != "DryRunFiles":
+        return set()
+    listed = doc.get("files")
+    if not isinstance(listed, list):
         return set()
     return {n for n in listed if isinstance(n, str) and _inside(n)}
 
