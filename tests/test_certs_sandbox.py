@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,10 +66,18 @@ class Mesh:
         self.ca = self.cfg.mesh.ca.dir
         self.outputs: list[str] = []
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = meshctl(*args, "--clusters-dir", str(self.folder))
+    def run(self, *args: str,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = meshctl(*args, "--clusters-dir", str(self.folder), env=env)
         self.outputs += [result.stdout, result.stderr]
         return result
+
+    def set_ca(self, **values: object) -> None:
+        """Change ``ca`` keys of this test's mesh.yaml (e.g. a short workloadCertTTL)."""
+        doc = yaml.safe_load((self.folder / "mesh.yaml").read_text())
+        doc["ca"].update(values)
+        (self.folder / "mesh.yaml").write_text(yaml.safe_dump(doc))
+        self.cfg = config.load(self.folder)
 
     def ok(self, *args: str) -> str:
         result = self.run(*args)
@@ -327,6 +336,9 @@ def test_root_rotation_no_downtime(mesh: Mesh) -> None:
     # step 2: new intermediates under the new root, root-cert.pem still both
     out = mesh.ok("certs.rotate", "--root", "--step", "2")
     assert "reloads plug-in certificates" in out
+    assert "UTC (workload certificates renew within 24h00m (ca.workloadCertTTL))" in out
+    step2_done = json.loads((mesh.ca / "rotation.json").read_text())["step2_finished"]
+    assert abs(datetime.fromisoformat(step2_done) - datetime.now(UTC)) < timedelta(minutes=1)
     gen1 = {n: mesh.bundle(n) for n in CLUSTERS}
     new_root = certs.load_root(config.CASettings(dir=mesh.ca / "next-root"))
     assert pki.fingerprint(new_root.cert) == new_root_fp
@@ -345,6 +357,19 @@ def test_root_rotation_no_downtime(mesh: Mesh) -> None:
     versions = {n: mesh.secret(n).metadata.resource_version for n in CLUSTERS}
     assert "already done" in mesh.ok("certs.rotate", "--root", "--step", "2")
     assert {n: mesh.secret(n).metadata.resource_version for n in CLUSTERS} == versions
+
+    # step 3 at once: refused while old-chain workload certificates may live (24h default)
+    state_before = (mesh.ca / "rotation.json").read_bytes()
+    early = mesh.run("certs.rotate", "--root", "--step", "3")
+    assert early.returncode == 1, early.stderr
+    [line] = [x for x in early.stderr.splitlines() if x.strip()]
+    assert "step 3 refused: 23h59m left" in line or "step 3 refused: 24h00m left" in line, line
+    assert "(ca.workloadCertTTL)" in line and "--force" in line
+    assert {n: mesh.secret(n).metadata.resource_version for n in CLUSTERS} == versions
+    assert (mesh.ca / "rotation.json").read_bytes() == state_before
+    _check_trust(mesh, old_leaves + new_leaves, [], "step3-refused")
+    mesh.set_ca(workloadCertTTL="2s")  # a mesh whose workload certificates live 2 s
+    time.sleep(2.1)
 
     # step 3: old root dropped; only new-chain leaves verify; old root archived
     out = mesh.ok("certs.rotate", "--root", "--step", "3")
@@ -425,3 +450,111 @@ def assert_no_key_material(mesh: Mesh, extra_keys: list[bytes] = ()) -> None:
     for key in root_keys:
         body = b"".join(key.strip().splitlines()[1:-1]).decode()
         assert body[:40] not in text
+
+
+# --- issue 21: the wait before step 3, and a cacerts that does not parse -----------------
+
+
+def _istiod_with_ttl(mesh: Mesh, cluster: str, ttl: str) -> None:
+    """An istiod Deployment (0 replicas: no pod, no process) whose env sets the TTL."""
+    apps = mesh.sandbox[cluster].apps()
+    body = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "istiod-ttl-test", "namespace": "istio-system",
+                         "labels": {"app": "istiod"}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "istiod-ttl-test"}},
+                     "template": {"metadata": {"labels": {"app": "istiod-ttl-test"}},
+                                  "spec": {"containers": [{
+                                      "name": "discovery", "image": "istio/pilot",
+                                      "env": [{"name": "DEFAULT_WORKLOAD_CERT_TTL",
+                                               "value": ttl}]}]}}}}
+    apps.create_namespaced_deployment("istio-system", body)
+
+
+def test_step3_waits_for_the_longest_ttl_and_force_says_the_risk(mesh: Mesh) -> None:
+    mesh.ok("certs.init")
+    mesh.ok("certs.issue")
+    mesh.ok("certs.rotate", "--root", "--step", "1")
+    mesh.ok("certs.rotate", "--root", "--step", "2")
+    code, doc = mesh.status()
+    assert code == 0 and doc["rotation"]["step2Finished"], doc["rotation"]
+    assert "not before" in mesh.ok("certs.status")
+    mesh.set_ca(workloadCertTTL="1s")
+    time.sleep(1.1)
+    # ... but cluster2's istiod hands out 48 h certificates: the wait is that long
+    _istiod_with_ttl(mesh, "cluster2", "48h")
+    try:
+        versions = {n: mesh.secret(n).metadata.resource_version for n in CLUSTERS}
+        early = mesh.run("certs.rotate", "--root", "--step", "3")
+        assert early.returncode == 1 and "Traceback" not in early.stderr, early.stderr
+        assert "47h59m left" in early.stderr
+        assert "48h00m (cluster2: istiod DEFAULT_WORKLOAD_CERT_TTL)" in early.stderr
+        assert {n: mesh.secret(n).metadata.resource_version for n in CLUSTERS} == versions
+        forced = mesh.run("certs.rotate", "--root", "--step", "3", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "warning: root rotation step 3 forced 47h59m early" in forced.stderr
+        assert "mTLS fails" in forced.stderr and "step 3 done" in forced.stdout
+    finally:
+        mesh.sandbox["cluster2"].apps().delete_namespaced_deployment("istiod-ttl-test",
+                                                                     "istio-system")
+    new_fp = json.loads((mesh.ca / "rotation.json").read_text())["new_root"]
+    for n in CLUSTERS:
+        assert [pki.fingerprint(r) for r in mesh.bundle(n).roots] == [new_fp]
+    # a finished rotation's step 3 re-run is a no-op, no wait, no --force needed
+    assert "already done" in mesh.ok("certs.rotate", "--root", "--step", "3")
+
+
+def test_encrypted_ca_key_in_a_cluster_is_one_line_everywhere(mesh: Mesh) -> None:
+    """cluster1's cacerts holds an encrypted ca-key.pem (istiod could not load it either).
+    Every command that reads it says so naming the cluster, the Secret and the field, or
+    shows it as a FAIL row; none raises TypeError; nothing is written to the cluster."""
+    from cryptography.hazmat.primitives import serialization
+
+    mesh.ok("certs.init")
+    mesh.ok("certs.issue")
+    bundle = mesh.bundle("cluster1")
+    encrypted = bundle.ca_key.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"pw"))
+    core = mesh.sandbox["cluster1"].core()
+    core.patch_namespaced_secret("cacerts", "istio-system", {"data": {
+        "ca-key.pem": base64.b64encode(encrypted).decode()}})
+    version = mesh.secret("cluster1").metadata.resource_version
+    env = mesh.sandbox.env()
+    named = ("cluster1", "Secret istio-system/cacerts", "ca-key.pem",
+             "the private key is encrypted")
+
+    code, doc = mesh.status()
+    row = next(c for c in doc["clusters"] if c["name"] == "cluster1")
+    assert code == 1 and row["level"] == "FAIL" and not row["present"]
+    assert all(n in row["checks"][0]["message"] for n in named[1:])
+
+    for args, want in [
+        (("certs.rotate", "--cluster", "cluster1"), 1),
+        (("certs.rotate", "--root", "--step", "1"), 1),
+        (("certs.issue", "--cluster", "cluster1"), 1),
+    ]:
+        result = mesh.run(*args, env=env)
+        lines = [x for x in result.stderr.splitlines() if x.strip()]
+        assert result.returncode == want and len(lines) == 1, (args, result.stderr)
+        assert all(n in lines[0] for n in named[2:]) and "cluster1" in lines[0], lines[0]
+
+    # preflight: a FAIL row naming the field; bootstrap: one line, exit 1, nothing written
+    pre = mesh.run("preflight", "--cluster", "cluster1", env=env)
+    assert pre.returncode == 1 and "Traceback" not in pre.stderr, pre.stdout + pre.stderr
+    assert "❌ cluster1 cacerts: istio-system/cacerts exists but is not a usable CA bundle: " \
+           "ca-key.pem: the private key is encrypted" in pre.stdout, pre.stdout
+    boot = mesh.run("bootstrap", "--main", "cluster1", "--remote", "cluster2", env=env)
+    lines = [x for x in boot.stderr.splitlines() if x.strip()]
+    assert boot.returncode == 1 and len(lines) == 1, boot.stderr
+    assert "cluster1 cacerts" in lines[0] and "ca-key.pem: the private key is encrypted" \
+        in lines[0] and "nothing was changed on any cluster" in lines[0], lines[0]
+    # status: the table still comes, cluster1 without certificate days
+    shown = mesh.run("status", env=env)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert mesh.secret("cluster1").metadata.resource_version == version
+    assert not (mesh.ca / "rotation.json").exists()
+    # teardown (last: it may remove istio-system): keeps the Secret, saying why
+    down = mesh.run("teardown", "--main", "cluster1", "--remote", "cluster2", "--yes", env=env)
+    assert down.returncode == 0 and "Traceback" not in down.stderr, down.stderr
+    assert "cluster1: kept Secret istio-system/cacerts: not a usable CA bundle (ca-key.pem: " \
+           "the private key is encrypted" in down.stdout, down.stdout

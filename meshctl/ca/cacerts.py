@@ -68,14 +68,20 @@ def from_secret(cluster: str, secret: Mapping[str, Any]) -> certs.Bundle | None:
         return None
 
 
-def problem(cluster: str, secret: Mapping[str, Any]) -> str | None:
-    """Why the live Secret is not a usable CA bundle, as one line naming the cluster,
-    the Secret and the field; ``None`` when it is one."""
+def unusable(secret: Mapping[str, Any]) -> str | None:
+    """Why the live Secret is not a usable CA bundle, naming the field
+    (``ca-key.pem: the private key is encrypted …``); ``None`` when it is one."""
     try:
-        parse(cluster, secret)
+        parse("", secret)
     except ValueError as e:
-        return f"{cluster}: {WHAT} is not a usable CA bundle: {e}"
+        return str(e)
     return None
+
+
+def problem(cluster: str, secret: Mapping[str, Any]) -> str | None:
+    """:func:`unusable` as one line naming the cluster, the Secret and the field."""
+    why = unusable(secret)
+    return f"{cluster}: {WHAT} is not a usable CA bundle: {why}" if why else None
 
 
 def difference(live: certs.Bundle, wanted: certs.Bundle) -> str:

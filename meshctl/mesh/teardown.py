@@ -133,6 +133,10 @@ def _cacerts(k: Kube, config: Config, report: Report) -> None:
     if live is None:
         return
     bundle = cacerts.from_secret(k.cluster, live)
+    if bundle is None:  # unreadable (an encrypted ca-key.pem): not provably this CA's
+        report.kept.append(f"{cacerts.WHAT}: not a usable CA bundle "
+                           f"({cacerts.unusable(live)}), so not provably this machine's CA")
+        return
     theirs = {pki.fingerprint(r) for r in bundle.roots} if bundle else set()
     # this machine's roots: the current one, a rotation's pending one, every backed-up one
     # (a cluster left on a root from before a rotation still holds meshctl's Secret)

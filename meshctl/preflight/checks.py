@@ -219,8 +219,9 @@ def ca_roots(facts: Facts, local_root: str | None, others: Mapping[str, set[str]
         return result(facts, "cacerts", PASS, "no istio-system/cacerts yet")
     if facts.cacerts is None:
         return result(facts, "cacerts", FAIL, "istio-system/cacerts exists but is not a "
-                      "usable CA bundle", hint="inspect it; certs.issue replaces it "
-                      "(after a backup) only with --force")
+                      f"usable CA bundle: {facts.cacerts_unusable or 'unreadable'}",
+                      hint="inspect it; certs.issue replaces it (after a backup) only with "
+                           "--force")
     roots = {pki.fingerprint(r) for r in facts.cacerts.roots}
     short = ", ".join(sorted(r[:23] + "…" for r in roots))
     if local_root and local_root not in roots:

@@ -90,6 +90,7 @@ class Facts:
     cacerts: Any = None  # certs.Bundle | None
     cacerts_present: bool = False
     cacerts_error: str = ""
+    cacerts_unusable: str = ""  # why a cacerts that is there is no CA bundle (names the field)
     admin: bool = False
     missing: list[Permission] = field(default_factory=list)
     permissions_error: str = ""
@@ -241,6 +242,7 @@ def _read_cacerts(k: kube.Kube, facts: Facts) -> None:
         live = k.get(cacerts.PATH, what=f"read {cacerts.WHAT}")
         facts.cacerts_present = live is not None
         facts.cacerts = cacerts.from_secret(facts.cluster.name, live) if live else None
+        facts.cacerts_unusable = (cacerts.unusable(live) or "") if live else ""
     _guard(facts, "cacerts_error", read)
 
 
