@@ -16,7 +16,10 @@ never logged, never sent to a cluster, and replaced CA material is backed up ins
   :func:`conflict`.
 - :mod:`~meshctl.ca.status`: ``certs.status``: :func:`collect` judges chain, expiry and
   local-vs-cluster match per cluster.
-- :mod:`~meshctl.ca.rotation` and :mod:`~meshctl.ca.rotation_state`: a new intermediate
-  under the same root (:func:`rotate_intermediate`), or one step of a staged root
-  rotation (:func:`run_step`), with its state file in ``ca.dir``.
+- :mod:`~meshctl.ca.validity`: pure checks (dates, signatures, chains), re-exported by
+  :mod:`~meshctl.ca.certs`.
+- :mod:`~meshctl.ca.rotation`, :mod:`~meshctl.ca.rotation_state` and
+  :mod:`~meshctl.ca.rotation_wait`: a new intermediate under the same root
+  (:func:`rotate_intermediate`), or one step of a staged root rotation (:func:`run_step`),
+  with its state file in ``ca.dir``, step 3 waiting ``ca.workloadCertTTL`` after step 2.
 """
