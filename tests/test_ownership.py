@@ -203,7 +203,8 @@ def test_field_owned_by_another_manager(tmp_path: Path, shared, proxied) -> None
 
         down = run(shared, "teardown", *args(folder), "--yes")
         assert down.returncode == 0, down.stderr[-3000:]
-        after = _kubectl_json(shared["cluster2"], "namespace", NS)["metadata"]
+        after = _kubectl_json(shared["cluster2"], "namespace", NS,
+                              "--show-managed-fields")["metadata"]
         assert after["labels"]["topology.istio.io/network"] == "their-network"
         owners = [m["manager"] for m in after["managedFields"]
                   if "f:topology.istio.io/network" in (
