@@ -840,3 +840,30 @@ def test_workload_cert_ttl_refused(tmp_path: Path, value: object, needle: str) -
                      "--clusters-dir", str(folder), "--out", str(tmp_path / "out"))
     assert_one_line_error(result, 2, "mesh.yaml", "'ca.workloadCertTTL'", needle)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+SANDBOX_ENV_CASES = [
+    ("env-sandbox-istiod-typo", {"MESHCTL_SANDBOX_ISTIOD": "of"},
+     ("MESHCTL_SANDBOX_ISTIOD='of'", "expected on or off")),
+    ("env-sandbox-gogc-not-a-number", {"MESHCTL_SANDBOX_GOGC": "lots"},
+     ("MESHCTL_SANDBOX_GOGC='lots'", "not a whole number")),
+    ("env-sandbox-slot-out-of-range", {"MESHCTL_SANDBOX_SLOT": "12"},
+     ("MESHCTL_SANDBOX_SLOT='12'", "0 to 9")),
+]
+
+
+@pytest.mark.parametrize("env,needles", [c[1:] for c in SANDBOX_ENV_CASES],
+                         ids=[c[0] for c in SANDBOX_ENV_CASES])
+def test_sandbox_env_refused_before_anything_starts(tmp_path: Path, env: dict,
+                                                    needles: tuple[str, ...]) -> None:
+    """sandbox.up reads its variables before it looks for binaries or starts a process
+    (Go took a junk GOGC silently as 100; 'of' meant 'on'); the state folder is not made.
+    The binaries folder is empty, so a run that got past the variables would stop at
+    'binaries missing' instead, never start a cluster."""
+    (tmp_path / "bin").mkdir()
+    before = _tree(tmp_path)
+    result = meshctl("sandbox.up", "--clusters", "1", cwd=tmp_path, env={
+        "MESHCTL_SANDBOX_BIN": str(tmp_path / "bin"),
+        "MESHCTL_SANDBOX_DIR": str(tmp_path / "sbx"), **env})
+    assert_one_line_error(result, 2, *needles)
+    assert _tree(tmp_path) == before

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from meshctl import files
+from meshctl import envvars, files
 from meshctl.errors import ClusterError, UsageError
 from meshctl.sandbox import cluster, procs
 from meshctl.sandbox.build import (
@@ -45,6 +45,7 @@ MARKER = ".meshctl-sandbox"
 STATE_FILE = "sandbox.json"
 LB = "sandbox-lb"
 MAX_CLUSTERS = 20
+ISTIOD_ENV = "MESHCTL_SANDBOX_ISTIOD"  # on (default) | off: run the real istiod or not
 
 
 # --- model -----------------------------------------------------------------------------
@@ -140,6 +141,11 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
     are kept, so the error's pointer to a log still leads somewhere.
     """
     say = progress or (lambda _m: None)
+    # every environment variable first: a typo is one line before anything starts
+    if istiod is None:
+        istiod = envvars.choice(ISTIOD_ENV, ("on", "off"), default="on") == "on"
+    procs.gogc()
+    cluster.slot()
     state = resolve_state_dir(state_dir)
     wanted = shapes(clusters, nodes=nodes, cpu=cpu, memory=memory, pods=pods)
     bins = binaries or bin_dir()
@@ -156,8 +162,6 @@ def up(state_dir: Path | str | None = None, *, clusters: int | Sequence[Shape] =
         say(f"starting {len(plans)} cluster(s) in {state}")
         _start_all(plans, bins, say)
         sandbox = _write_outputs(state, bins, plans, creds)
-        if istiod is None:
-            istiod = os.environ.get("MESHCTL_SANDBOX_ISTIOD", "on") != "off"
         lb_pid = _start_lb(state, plans, bins, istiod)
         sandbox = replace(sandbox, lb_pid=lb_pid)
         # The record for status/down/load; pid files stay the truth for stopping.

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from meshctl import envvars
+
 T = TypeVar("T")
 
 # Log-tail lines with any of these (PEM blocks, JWTs, auth headers) are never shown.
@@ -45,6 +47,7 @@ def log_file(state_dir: Path, cluster: str, component: str) -> Path:
 
 
 GOGC_DEFAULT = "200"
+GOGC_ENV = "MESHCTL_SANDBOX_GOGC"
 
 
 def go_env() -> dict[str, str]:
@@ -57,7 +60,21 @@ def go_env() -> dict[str, str]:
     ``MESHCTL_SANDBOX_GOGC`` overrides (Go's own default is 100).  istiod and istioctl
     keep Go's defaults: they are what the tests are about.
     """
-    return {**os.environ, "GOGC": os.environ.get("MESHCTL_SANDBOX_GOGC", GOGC_DEFAULT)}
+    return {**os.environ, "GOGC": gogc()}
+
+
+def gogc() -> str:
+    """``$MESHCTL_SANDBOX_GOGC``: ``off`` or a whole number, else :data:`GOGC_DEFAULT`.
+
+    Checked here because Go takes any other value silently as 100: a typo would cost
+    the CPU the setting exists to save, with no word said.
+    """
+    raw = envvars.text(GOGC_ENV)
+    if raw is None:
+        return GOGC_DEFAULT
+    if raw != "off":
+        envvars.number(GOGC_ENV, default=float(GOGC_DEFAULT), whole=True)
+    return raw
 
 
 def spawn(state_dir: Path, cluster: str, component: str, argv: Sequence[str],
