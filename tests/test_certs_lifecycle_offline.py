@@ -335,3 +335,26 @@ def test_workload_cert_ttl_in_mesh_yaml(tmp_path: Path) -> None:
     assert config.load(folder).mesh.ca.workload_cert_ttl == 5400.0
     folder = write_folder(tmp_path, [cluster_doc("c1")], mesh_doc(tmp_path))
     assert config.load(folder).mesh.ca.workload_cert_ttl == 86400.0
+
+
+PARSED_BY_STAND_IN = [c for c in BAD_FIELDS if c[1] in ("ca-cert.pem", "ca-key.pem")]
+
+
+@pytest.mark.parametrize("field,make,needle", [c[1:] for c in PARSED_BY_STAND_IN],
+                         ids=[c[0] for c in PARSED_BY_STAND_IN])
+def test_sandbox_stand_in_ignores_an_unreadable_cacerts(field: str, make, needle: str) -> None:
+    """The sandbox's webhook stand-in reads cacerts too: unreadable means 'no mesh CA'
+    (serve with its own), never an exception that stops every webhook of the cluster."""
+    from meshctl.sandbox import webhooks
+
+    secret = secret_of(GOOD)
+    secret["data"]["cert-chain.pem"] = secret["data"]["ca-cert.pem"]
+    secret["data"][field] = base64.b64encode(make(GOOD)).decode()
+
+    class OneSecret:  # the stand-in's own API protocol: get(path) -> dict
+        def get(self, path: str) -> dict:
+            return secret
+
+    assert webhooks.mesh_issuer(OneSecret()) is None  # type: ignore[arg-type]
+    secret["data"][field] = secret_of(GOOD)["data"][field]
+    assert webhooks.mesh_issuer(OneSecret()).cert == GOOD.ca_cert  # type: ignore[arg-type]

@@ -108,16 +108,23 @@ class Issuer:
 
 
 def mesh_issuer(api: Api) -> Issuer | None:
-    """``istio-system/cacerts`` of this cluster, or None when there is none (yet)."""
+    """``istio-system/cacerts`` of this cluster, or None when there is none (yet) or it
+    is no usable CA (an encrypted ``ca-key.pem``: istiod could not load it either).
+    Unreadable must not raise: it would stop every webhook of the cluster being served,
+    round after round, instead of the stand-in serving them with its own CA."""
     try:
         secret = api.get("/api/v1/namespaces/istio-system/secrets/cacerts")
     except ApiError:
         return None
-    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
-    if not {"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"} <= data.keys():
+    try:
+        data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+        if not {"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"} <= data.keys():
+            return None
+        return Issuer(pki.load_certs(data["ca-cert.pem"])[0],
+                      pki.load_key(data["ca-key.pem"]), data["cert-chain.pem"],
+                      data["root-cert.pem"])
+    except ValueError:
         return None
-    return Issuer(pki.load_certs(data["ca-cert.pem"])[0], pki.load_key(data["ca-key.pem"]),
-                  data["cert-chain.pem"], data["root-cert.pem"])
 
 
 def trusts(bundle_b64: str | None, root_pem: bytes) -> bool:
