@@ -659,6 +659,7 @@ def test_strangers_are_what_neither_verify_nor_the_cluster_made() -> None:
         _obj("Endpoints", "helloworld", "ep"),
         _obj("ConfigMap", "kube-root-ca.crt", "c1"),
         _obj("ConfigMap", "istio-ca-root-cert", "c2"),
+        _obj("ConfigMap", "istio-ca-crl", "c4"),
         _obj("ServiceAccount", "default", "sa"),
         _obj("Event", "helloworld-v1.17a", "ev"),
         _obj("Pod", "going", "p2", deletionTimestamp="2026-01-01T00:00:00Z"),
@@ -865,6 +866,9 @@ def test_a_sample_object_of_another_mesh_is_left_alone(mesh: SandboxHandle,
     like its sample but labelled for another mesh is not taken over, not deleted, and
     keeps the namespace in place."""
     core = mesh[0].core()
+    _wait(lambda: _gone_or_terminating(mesh, 0, NSV)
+          and not [n for n in core.list_namespace().items if n.metadata.name == NSV],
+          f"namespace {NSV} gone")
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NSV,
                                                                      labels=VERIFYS)))
     core.create_namespaced_service(NSV, k8s.V1Service(

@@ -16,7 +16,7 @@ failure is raised, never skipped: a caller that cannot see everything must not d
 :func:`strangers` is the policy half, pure: which objects were neither made by the
 caller (by uid, and whatever Kubernetes made from those through ``ownerReferences``)
 nor made by the cluster itself for every namespace (``kube-root-ca.crt``, the
-``default`` ServiceAccount, istiod's ``istio-ca-root-cert``, Events).
+``default`` ServiceAccount, istiod's ``istio-ca-root-cert`` and ``istio-ca-crl``, Events).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from meshctl.kube.client import Kube, NotFound
 # What the cluster itself puts in every namespace: (kind, name).
 PER_NAMESPACE = frozenset({
     ("ConfigMap", "kube-root-ca.crt"),  # kube-controller-manager's root CA publisher
-    ("ConfigMap", "istio-ca-root-cert"),  # istiod's namespace controller
+    ("ConfigMap", "istio-ca-root-cert"),  # istiod's namespace controller: the mesh root
+    ("ConfigMap", "istio-ca-crl"),  # and, with a plug-in CA, its revocation list
     ("ServiceAccount", "default"),  # the ServiceAccount controller
 })
 
