@@ -12,7 +12,10 @@ objects.  What it cannot: Envoy, and east-west gateways (one network here).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +32,9 @@ from tests.test_istiod import eventually, openssl
 pytestmark = pytest.mark.sandbox
 NS = "sample"
 PORT = wl.PORT
+#: Workload certificates live this long in this module (the agent renews at half), and
+#: mesh.yaml's ca.workloadCertTTL says so, so a root rotation's step 3 waits that long.
+TTL = "1m"
 STRICT = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
           "metadata": {"name": "default", "namespace": "istio-system"},
           "spec": {"mtls": {"mode": "STRICT"}}}
@@ -85,6 +91,9 @@ def mesh(sandbox_factory, tmp_path_factory) -> Mesh:
     handle = sandbox_factory(2, nodes=1, cpu="8", memory="16Gi", label="traffic")
     tmp = tmp_path_factory.mktemp("traffic")
     folder = clusters_dir(tmp, handle, {}, {})   # both on network1
+    doc = yaml.safe_load((folder / "mesh.yaml").read_text())
+    doc["ca"]["workloadCertTTL"] = TTL
+    (folder / "mesh.yaml").write_text(yaml.safe_dump(doc))
     m = Mesh(handle, tmp, folder)
     m.meshctl("bootstrap", "--main", "cluster1", "--remote", "cluster2")
     for cluster in ("cluster1", "cluster2"):
@@ -92,9 +101,15 @@ def mesh(sandbox_factory, tmp_path_factory) -> Mesh:
         m.kubectl(cluster, "apply", "-f", "-", data=yaml.safe_dump(STRICT))
     # only1 has its one endpoint in cluster1, only2 in cluster2; the Service exists on both
     # (the usual multi-cluster rule), echo has v1 in cluster1 and v2 in cluster2.
-    for cluster, service, version in (("cluster1", "only1", "v1"), ("cluster2", "only2", "v1"),
-                                      ("cluster1", "echo", "v1"), ("cluster2", "echo", "v2")):
-        wl.start(m.sb, cluster=cluster, namespace=NS, service=service, version=version)
+    os.environ[wl.TTL_ENV] = TTL  # read when each agent starts; this module's only
+    try:
+        for cluster, service, version in (("cluster1", "only1", "v1"),
+                                          ("cluster2", "only2", "v1"),
+                                          ("cluster1", "echo", "v1"), ("cluster2", "echo", "v2")):
+            wl.start(m.sb, cluster=cluster, namespace=NS, service=service, version=version)
+        m.caller("cluster1"), m.caller("cluster2")
+    finally:
+        os.environ.pop(wl.TTL_ENV, None)
     for cluster in ("cluster1", "cluster2"):
         for service in ("only1", "only2", "echo"):
             m.kubectl(cluster, "apply", "-f", "-", data=yaml.safe_dump({
@@ -164,3 +179,102 @@ def test_canary_80_20_observed_then_all_to_v2(mesh: Mesh) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     got = mesh.send("cluster1", "echo", 100, qps=100)
     assert got.ok == 100 and set(got.answered) == {("cluster2", "v2")}, got
+
+
+def restart(mesh: Mesh, cluster: str, service: str) -> None:
+    """New agent and server: a certificate from whatever CA the cluster's istiod has now."""
+    os.environ[wl.TTL_ENV] = TTL
+    try:
+        wl.delete(mesh.sb, cluster=cluster, namespace=NS, service=service)
+        wl.start(mesh.sb, cluster=cluster, namespace=NS, service=service, version="v1")
+    finally:
+        os.environ.pop(wl.TTL_ENV, None)
+
+
+def test_wrong_root_fails_the_handshake_and_the_right_one_brings_calls_back(mesh: Mesh) -> None:
+    mesh.until_answered("cluster1", "only2", by="cluster2")
+    other = mesh.tmp / "other-root"
+    shutil.copytree(mesh.folder, other / "clusters")
+    doc = yaml.safe_load((other / "clusters" / "mesh.yaml").read_text())
+    doc["ca"]["dir"] = str(other / "ca")
+    (other / "clusters" / "mesh.yaml").write_text(yaml.safe_dump(doc))
+    for args in (("certs.init",), ("certs.issue", "--cluster", "cluster2", "--force")):
+        wrong = run(mesh.handle, *args, "--clusters-dir", str(other / "clusters"))
+        assert wrong.returncode == 0, wrong.stdout + wrong.stderr
+    try:
+        restart(mesh, "cluster2", "only2")
+
+        def refused() -> calls.Calls | None:
+            got = mesh.send("cluster1", "only2", 5, qps=20)
+            return got if got.ok == 0 else None
+        got = eventually(refused, timeout=90, what="cluster1 refusing cluster2's new chain")
+        assert any("does not chain" in c or "handshake" in c for c in got.causes), got.causes
+        chain = calls.peer_chain(mesh.sb, mesh.caller("cluster1"),
+                                 next(w.ip for w in wl.records(mesh.sb) if w.service == "only2"),
+                                 PORT)
+        inter = mesh.tmp / "wrong-untrusted.pem"
+        inter.write_bytes(b"".join(chain[1:]))
+        verdict = openssl("verify", "-CAfile", str(mesh.root), "-untrusted", str(inter),
+                          data=chain[0])
+        assert verdict.returncode != 0, "cluster2's new chain must not verify under the root"
+    finally:
+        back = mesh.meshctl("certs.issue", "--cluster", "cluster2", "--force", ok=False)
+        assert back.returncode == 0, back.stdout + back.stderr
+        restart(mesh, "cluster2", "only2")
+    mesh.until_answered("cluster1", "only2", by="cluster2", timeout=90)
+
+
+def test_rotation_without_downtime_intermediate_then_root_in_three_steps(mesh: Mesh) -> None:
+    """Calls both ways run without pause through certs.rotate --cluster and every step of
+    certs.rotate --root; workload certificates live TTL (1 min), so they roll between the
+    steps; step 3 waits for ca.workloadCertTTL after step 2, as meshctl enforces."""
+    for src, service, dst in (("cluster1", "only2", "cluster2"), ("cluster2", "only1", "cluster1")):
+        mesh.until_answered(src, service, by=dst, timeout=120)
+    totals: dict[tuple[str, str], calls.Calls] = {}
+    stop = threading.Event()
+    phase = ["before"]
+
+    def pound(src: str, service: str) -> None:
+        while not stop.is_set():
+            key = (src, phase[0])
+            got = mesh.send(src, service, 20, qps=20)
+            totals[key] = totals.get(key, calls.Calls(0)).merge(got)
+
+    threads = [threading.Thread(target=pound, args=a) for a in (("cluster1", "only2"),
+                                                                 ("cluster2", "only1"))]
+    for t in threads:
+        t.start()
+    roll = 45.0  # over half the workload TTL: every agent renewed once
+    try:
+        phase[0] = "intermediate"
+        mesh.meshctl("certs.rotate", "--cluster", "cluster2")
+        time.sleep(roll)
+        for step in ("1", "2"):
+            phase[0] = f"step {step}"
+            mesh.meshctl("certs.rotate", "--root", "--step", step)
+            time.sleep(roll)
+        phase[0] = "step 3"
+        early = time.monotonic()
+        while True:
+            third = mesh.meshctl("certs.rotate", "--root", "--step", "3", ok=False)
+            if third.returncode == 0:
+                break
+            assert third.returncode == 1 and "workloadCertTTL" in third.stderr + third.stdout, (
+                third.stdout + third.stderr)
+            assert time.monotonic() - early < 120, "step 3 still refused after the TTL"
+            time.sleep(5)
+        time.sleep(roll)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    failed = {key: (t.sent, dict(t.causes)) for key, t in totals.items() if t.failed}
+    assert sum(t.sent for t in totals.values()) > 400 and not failed, failed
+    # after the rotation the server's chain verifies under the new root alone
+    server = next(w for w in wl.records(mesh.sb) if w.service == "only2")
+    chain = calls.peer_chain(mesh.sb, mesh.caller("cluster1"), server.ip, PORT)
+    inter = mesh.tmp / "rotated-untrusted.pem"
+    inter.write_bytes(b"".join(chain[1:]))
+    verdict = openssl("verify", "-CAfile", str(mesh.root), "-untrusted", str(inter),
+                      data=chain[0])
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr

@@ -607,8 +607,11 @@ def test_luck_line_and_json_carry_the_rate() -> None:
     assert unchecked.luck_line() is None and unchecked.to_json()["missChance"] == 2 ** -10
     result = verify.Result("cluster1", ("cluster2",), (), traffic,
                            cleanup_kept=("cluster1: Namespace meshctl-verify: it holds …",))
-    assert result.notes() == [traffic.luck_line(),
+    assert result.notes() == ["traffic probe: sidecar pods (helloworld + curl)",
+                              traffic.luck_line(),
                               "kept cluster1: Namespace meshctl-verify: it holds …"]
+    assert result.to_json()["probe"] == {"name": "sidecar pods (helloworld + curl)",
+                                         "limits": ""}
     assert result.to_json()["cleanupKept"] == ["cluster1: Namespace meshctl-verify: it holds …"]
     assert result.to_json()["schema"] == "meshctl.verify/v1"  # keys added, none changed
 
@@ -953,3 +956,45 @@ def test_verify_refuses_bad_flags(tmp_path: Path, flags: tuple[str, ...],
     assert_one_line_error(result, 2, *needles)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
                   if "cache" not in p.parts) == before
+
+
+# --- the workload probe's judgement of a peer's chain (offline) -------------------------
+
+
+def _chain(tmp: Path, org: str) -> tuple[list[bytes], object]:
+    """A root, cluster2's intermediate and a SPIFFE leaf, as a server would present them."""
+    from meshctl.ca import certs, pki
+    from meshctl.config import CASettings
+
+    settings = CASettings(dir=tmp / org, key="ecdsa-p256", organization=org)
+    root = certs.make_root(settings)
+    bundle = certs.make_intermediate(root, "cluster2", settings)
+    leaf = certs.workload_cert(bundle, namespace="meshctl-verify", service_account="echo")
+    return [pki.cert_pem(c) for c in (leaf, bundle.ca_cert, root.cert)], root
+
+
+def test_peer_chain_under_the_mesh_root_names_its_spiffe_id(tmp_path: Path) -> None:
+    from meshctl.ca import pki
+    from meshctl.verify import workloads
+
+    chain, root = _chain(tmp_path, "mesh")
+    status, words = workloads.judge_chain(chain, {pki.fingerprint(root.cert): root.cert},
+                                          "cluster2")
+    assert status == "PASS", words
+    assert "spiffe://cluster.local/ns/meshctl-verify/sa/echo" in words
+    assert "L=cluster2" in words
+
+
+def test_peer_chain_under_another_root_names_that_root(tmp_path: Path) -> None:
+    from meshctl.ca import pki
+    from meshctl.verify import workloads
+
+    chain, _ = _chain(tmp_path, "other")
+    _, mesh_root = _chain(tmp_path, "mesh")
+    status, words = workloads.judge_chain(
+        chain, {pki.fingerprint(mesh_root.cert): mesh_root.cert}, "cluster2")
+    assert status == "FAIL"
+    assert "cluster2's workload certificate" in words
+    assert "does not chain to this mesh's root" in words
+    assert "O=other" in words
+    assert workloads.judge_chain([], {}, "cluster2")[0] == "FAIL"

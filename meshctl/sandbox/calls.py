@@ -123,11 +123,14 @@ def send(sb: Sandbox, caller: Workload, host: str, port: int, *, count: int, qps
     """
     links = _binaries(sb)
     root = caller.root(sb)
+    # echo-client's --timeout bounds the whole set of calls (and each call), so it must
+    # cover the pacing too: without it the last calls of a paced run "time out".
+    whole = count / max(qps, 1) + timeout
     argv = [str(links / CLIENT), f"xds:///{host}:{port}", f"--count={count}",
-            f"--qps={qps}", f"--timeout={timeout:g}s", "--log_output_level=forwarder:debug"]
+            f"--qps={qps}", f"--timeout={whole:.1f}s", "--log_output_level=forwarder:debug"]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(root),
            "GRPC_XDS_BOOTSTRAP": str(caller.bootstrap(sb))}
-    limit = count / max(qps, 1) + 30 + timeout
+    limit = whole + 30
     try:
         out = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
                              timeout=limit, check=False)

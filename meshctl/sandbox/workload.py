@@ -144,6 +144,7 @@ def _env(facts: wc.MeshFacts, w: Workload, root: Path, *, ttl: str) -> dict[str,
     proxy = {"discoveryAddress": facts.discovery, "configPath": str(root / PROXY_DIR),
              "statusPort": w.status_port}
     env = {
+        **dict(facts.proxy_metadata),  # as the injector does; the settings below win
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root),
         "CLOUD_PLATFORM": "none",          # never probe a cloud metadata address
         "DISABLE_ENVOY": "true", "ISTIO_META_GENERATOR": "grpc",

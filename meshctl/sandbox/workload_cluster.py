@@ -42,6 +42,9 @@ class MeshFacts:
     trust_domain: str
     discovery: str     # ClusterIP:port of the istiod the namespace's revision uses
     istiod_san: str
+    # mesh config defaultConfig.proxyMetadata: the injector makes each an env var of the
+    # proxy (meshctl sets ISTIO_MULTIROOT_MESH there, which root rotation relies on)
+    proxy_metadata: tuple[tuple[str, str], ...] = ()
 
 
 def check_names(*, namespace: str, service: str, version: str, replicas: int) -> None:
@@ -101,7 +104,16 @@ def mesh_facts(api: Api, namespace: str) -> MeshFacts:
                      mesh_id=str(values.get("meshID") or mesh.get("defaultConfig", {})
                                  .get("meshId") or ""),
                      trust_domain=str(mesh.get("trustDomain") or "cluster.local"),
-                     discovery=f"{ip}:{port}", istiod_san=host)
+                     discovery=f"{ip}:{port}", istiod_san=host,
+                     proxy_metadata=_metadata(mesh))
+
+
+def _metadata(mesh: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = (mesh.get("defaultConfig") or {}).get("proxyMetadata") or {}
+    if not isinstance(raw, dict):
+        return ()
+    return tuple((str(k), str(v)) for k, v in sorted(raw.items())
+                 if re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(k)))
 
 
 def _create(api: Api, path: str, body: dict[str, Any]) -> bool:

@@ -160,18 +160,28 @@ def observe_count(value: object) -> int:
     return n
 
 
-def probe_for(cfg: config.Config, *, needed_by: str) -> Any:
-    """The traffic probe for these clusters: the sandbox's workloads on sandbox clusters.
+def sandbox_probe(cfg: config.Config) -> Any:
+    """The sandbox's workload probe when every cluster of the folder is a sandbox's, else None.
 
-    On other clusters there is none yet that can tell versions of an arbitrary service
-    apart, so the flag that needs it is refused before anything is written.
+    A sandbox cluster runs no container, so verify's sidecar pods could never answer
+    there; its own real workloads can (meshctl.sandbox.probe).
     """
     from meshctl.sandbox import probe as sandbox_probe
 
     paths = [Path(c.kubeconfig) if c.kubeconfig else Path(os.environ.get(
         "KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]) for c in cfg.clusters.values()]
     sb = sandbox_probe.detect(paths)
-    if sb is None:
+    return sandbox_probe.Probe(sb) if sb is not None else None
+
+
+def probe_for(cfg: config.Config, *, needed_by: str) -> Any:
+    """The traffic probe for these clusters, or a usage error naming the flag.
+
+    Only the sandbox has a probe that can tell the versions of an arbitrary service
+    apart, so elsewhere the flag that needs one is refused before anything is written.
+    """
+    probe = sandbox_probe(cfg)
+    if probe is None:
         raise UsageError(f"{needed_by} needs a probe that can tell versions apart; meshctl "
                          "has one for sandbox clusters only (meshctl sandbox.workload)")
-    return sandbox_probe.Probe(sb)
+    return probe

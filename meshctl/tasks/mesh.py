@@ -202,8 +202,9 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
     plan = topology.plan(cfg, main or "", remote or [])
     if junit:
         files.check_writable(Path(junit))  # before any cluster is touched
+    probe = _common.sandbox_probe(cfg)  # the sandbox's own workloads; None: sidecar pods
     result = verifier.run(cfg, plan, requests=count, keep=keep, namespace=ns, timeout=wait,
-                        progress=report.progress)
+                          progress=report.progress, probe=probe)
     if junit:
         files.write_atomic(Path(junit), verifier.junit_xml(result))
     if json:

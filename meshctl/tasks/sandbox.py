@@ -112,6 +112,21 @@ def workload(c, cluster, namespace="sample", service="echo", version="", replica
               f"(WorkloadEntry {w.entry})")
 
 
+@task(help={"calls": "how many calls to observe, default 500"})
+@guard
+def demo(c, calls=None):
+    """Two clusters, bootstrap, echo v1/v2 in different clusters, canary 80/20 observed."""
+    from meshctl import report
+    from meshctl.tasks import demo as sandbox_demo
+
+    folder, seen = sandbox_demo.run(calls=_int("--calls", calls or 500), say=_progress)
+    report.print_observation(seen)
+    print(f"explore: meshctl status --clusters-dir {folder}; meshctl verify --main cluster1 "
+          f"--remote cluster2 --clusters-dir {folder}; meshctl sandbox.down when done")
+    if not seen.judgement.ok:
+        raise CheckFailed("demo: the observed split does not match the weights")
+
+
 @task(help={"json": "print the status as JSON"})
 @guard
 def status(c, json_=False):

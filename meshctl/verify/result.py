@@ -15,7 +15,8 @@ Pure: nothing here talks to a cluster.  ``--json`` prints :meth:`Result.to_json`
                  "endpoints",                           # (cluster, version) pairs expected
                  "missChance"},                         # see below
      "kept", "cleanup": [...],
-     "cleanupKept": [...]}                              # see below
+     "cleanupKept": [...],                              # see below
+     "probe": {"name", "limits"}}                       # what carried the traffic
 
 Added within v1 (no key changed meaning): ``traffic.endpoints`` and
 ``traffic.missChance``, the probability (0 to 1) that ``requests`` uniform requests miss
@@ -23,7 +24,11 @@ one of ``endpoints`` equally likely endpoints on a healthy mesh
 (:func:`meshctl.verify.sizing.miss_chance`; ``requests`` is sized so that it is at most
 0.1 % unless ``--requests`` was given); ``cleanupKept``: what cleanup left in place,
 each with the reason (a namespace holding objects verify did not make, a cluster it
-could not read).
+could not read); ``probe``: what carried the traffic half (sidecar pods, or on sandbox
+clusters the sandbox's proxyless workloads) and what a result through it does not prove.
+With a workload probe ``traffic.client`` names the probe and its callers' clusters,
+``traffic.requests`` counts the calls from every primary, and ``failures`` give each
+cause in words.
 """
 
 from __future__ import annotations
@@ -131,6 +136,8 @@ class Result:
     cleanup: tuple[str, ...] = field(default=())  # what was removed afterwards
     namespace: str = DEFAULT_NAMESPACE
     cleanup_kept: tuple[str, ...] = ()  # what cleanup left in place, with the reason
+    probe: str = "sidecar pods (helloworld + curl)"  # what carried the traffic half
+    probe_limits: str = ""  # what a result through that probe does not prove
 
     @property
     def passed(self) -> bool:
@@ -149,13 +156,16 @@ class Result:
                 "checks": [c.to_json() for c in self.checks],
                 "traffic": self.traffic.to_json(), "kept": self.kept,
                 "cleanup": list(self.cleanup), "namespace": self.namespace,
-                "cleanupKept": list(self.cleanup_kept)}
+                "cleanupKept": list(self.cleanup_kept),
+                "probe": {"name": self.probe, "limits": self.probe_limits}}
 
     def notes(self) -> list[str]:
         """Lines printed under the table before the summary: the requests' luck, and what
         cleanup kept."""
         line = self.traffic.luck_line()
-        return ([line] if line else []) + [f"kept {k}" for k in self.cleanup_kept]
+        probe = [f"traffic probe: {self.probe}" + (f"; not proven: {self.probe_limits}"
+                                                   if self.probe_limits else "")]
+        return probe + ([line] if line else []) + [f"kept {k}" for k in self.cleanup_kept]
 
 
 # --- JUnit -------------------------------------------------------------------------------

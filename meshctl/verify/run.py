@@ -45,13 +45,13 @@ The parts: :mod:`~meshctl.verify.result` (the data, ``--json``, JUnit),
 
 from __future__ import annotations
 
-from meshctl import kube
+from meshctl import kube, probes
 from meshctl.config import Config
 from meshctl.topology import Plan
 from meshctl.verdicts import PASS, SKIP
 from meshctl.verify import control_plane as control_plane
 from meshctl.verify import ledger as tidy
-from meshctl.verify import sizing
+from meshctl.verify import sizing, workloads
 from meshctl.verify.result import (
     DEFAULT_NAMESPACE,
     READY_TIMEOUT,
@@ -69,14 +69,16 @@ from meshctl.verify.traffic import expected_answers, traffic_checks
 
 def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool = False,
         namespace: str = DEFAULT_NAMESPACE, timeout: float = READY_TIMEOUT,
-        progress: Progress = quiet) -> Result:
+        progress: Progress = quiet, probe: probes.Probe | None = None) -> Result:
     """Static half, then (only when it passed) the traffic half, then cleanup.
 
     A ``namespace`` that is not verify's for this mesh ID on any cluster stops verify
     at once (:class:`CheckFailed`, exit 1), before anything is written.  Cleanup runs in
     a ``finally``: after an error or Ctrl-C too (not with ``keep``).  ``requests``:
     ``None`` sizes the count from the number of expected endpoints
-    (:mod:`meshctl.verify.sizing`).
+    (:mod:`meshctl.verify.sizing`).  ``probe``: real workloads instead of the sidecar
+    pods (the sandbox's, handed in by the task on sandbox clusters;
+    :mod:`meshctl.verify.workloads`); with ``keep`` its workloads keep running.
     """
     clients = {n: kube.client(config.clusters[n], deadline=min(30.0, kube.DEFAULT_DEADLINE))
                for n in plan.names}
@@ -95,14 +97,24 @@ def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool =
                       namespace=namespace)
     tidied = tidy.Tidied()
     try:
-        traffic_list, traffic = traffic_checks(config, plan, clients, requests=count,
-                                               ledger=ledger, timeout=timeout,
-                                               progress=progress)
+        if probe is not None:
+            progress(plan.main, f"traffic through {probe.name}")
+            traffic_list, traffic = workloads.probe_checks(
+                config, plan, clients, probe, requests=count, ledger=ledger,
+                progress=progress)
+        else:
+            traffic_list, traffic = traffic_checks(config, plan, clients, requests=count,
+                                                   ledger=ledger, timeout=timeout,
+                                                   progress=progress)
         # control-plane half (control_plane): each primary's istiod, sample deployed
         progress(plan.main, "asking each istiod what it sees …")
         traffic_list += control_plane.checks(config, plan, clients, namespace=namespace)
     finally:
+        if probe is not None and not keep:
+            probe.close()  # its registrations and processes first, then the ledger's
         if not keep:
             tidied = tidy.cleanup(clients, ledger, progress)
+    named = {"probe": probe.name, "probe_limits": probe.limits} if probe is not None else {}
     return Result(plan.main, plan.remotes, tuple(checks + traffic_list), traffic, kept=keep,
-                  cleanup=tidied.removed, namespace=namespace, cleanup_kept=tidied.kept)
+                  cleanup=tidied.removed, namespace=namespace, cleanup_kept=tidied.kept,
+                  **named)
