@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"preflight", "manifests"},
     {"mesh", "traffic"},
     {"verify"},
+    {"upgrade"},
     {"tasks", "cli"},
 ]
 SANDBOX_MAY_USE = {"errors", "files", "ca.pki", "envvars", "sandbox"}
