@@ -28,6 +28,7 @@ from typing import Any
 
 from meshctl.sandbox import istiod as sandbox_istiod
 from meshctl.sandbox import webhooks as sandbox_webhooks
+from meshctl.sandbox import workload_volumes
 from meshctl.sandbox.api import Api, ApiError
 from meshctl.sandbox.proxy import ServiceProxy
 
@@ -104,6 +105,8 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=sandbox_webhooks.run_cluster,
                          args=(state_dir, name, api, stand_in, real_istiod),
                          daemon=True, name=f"{name} webhooks").start()
+        threading.Thread(target=workload_volumes.run_cluster, args=(state_dir, name, api),
+                         daemon=True, name=f"{name} workload volumes").start()
         # istiod pods: the real process, or (--no-istiod) just Ready without one
         binary = Path(bins[0]) if bins and real_istiod else None
         kubelet = sandbox_istiod.Kubelet(state_dir, name, api, ip, binary, proxy)

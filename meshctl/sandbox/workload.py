@@ -156,8 +156,7 @@ def _env(facts: wc.MeshFacts, w: Workload, root: Path, *, ttl: str) -> dict[str,
         "ISTIO_META_NETWORK": facts.network, "ISTIO_META_MESH_ID": facts.mesh_id,
         "TRUST_DOMAIN": facts.trust_domain, "ISTIOD_SAN": facts.istiod_san,
         "ISTIO_META_ISTIO_VERSION": "", "ISTIO_META_WORKLOAD_NAME": w.service,
-        "ISTIO_METAJSON_LABELS": json.dumps({"app": w.service, "version": w.version}
-                                            if w.version else {"app": w.service}),
+        "ISTIO_METAJSON_LABELS": json.dumps(wc.labels(w.service, w.version)),
     }
     if ttl:
         env["SECRET_TTL"] = ttl

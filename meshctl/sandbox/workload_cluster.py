@@ -176,13 +176,26 @@ def root_cert(api: Api, namespace: str, timeout: float = 30.0) -> str:
         raise ClusterError(f"{api.server}: {e}; is istiod running?") from None
 
 
+def labels(service: str, version: str) -> dict[str, str]:
+    """The workload's labels, as Istio's injector leaves them on a pod.
+
+    ``security.istio.io/tlsMode: istio`` is the injector's mark of a mesh workload; for a
+    proxyless gRPC server istiod turns PERMISSIVE into STRICT on it (gRPC has no
+    permissive mode), so callers that ask for Istio mTLS reach it in a default mesh.
+    """
+    out = {"app": service, "security.istio.io/tlsMode": "istio"}
+    if version:
+        out["version"] = version
+    return out
+
+
 def register(api: Api, w: Any, facts: MeshFacts) -> None:
     """The WorkloadEntry that puts a ready server behind its Service."""
-    labels = {"app": w.service, "version": w.version}
+    entry_labels = labels(w.service, w.version)
     _create(api, WE_PATH.format(ns=w.namespace), {
         "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-        "metadata": _meta(w.entry, w.namespace, **labels),
-        "spec": {"address": w.ip, "labels": labels, "serviceAccount": w.service,
+        "metadata": _meta(w.entry, w.namespace, **entry_labels),
+        "spec": {"address": w.ip, "labels": entry_labels, "serviceAccount": w.service,
                  "network": facts.network}})
 
 
