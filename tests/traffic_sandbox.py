@@ -59,11 +59,12 @@ def kubectl(cluster: Cluster, *args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def identity(cluster: Cluster, kind: str, name: str, namespace: str | None = None) -> str:
-    """``uid/resourceVersion`` as kubectl reads them."""
+def identity(cluster: Cluster, kind: str, name: str, namespace: str | None = None, *,
+             check: bool = True) -> str:
+    """``uid/resourceVersion`` as kubectl reads them (``check=False``: "" when gone)."""
     where = ["-n", namespace] if namespace else []
     return kubectl(cluster, "get", kind, name, *where, "-o",
-                   "jsonpath={.metadata.uid}/{.metadata.resourceVersion}")
+                   "jsonpath={.metadata.uid}/{.metadata.resourceVersion}", check=check)
 
 
 class Running:
