@@ -103,6 +103,12 @@ CASES = [
          needles=("'apiServer'", "bad port")),
     Case("apiserver-port-not-a-number", clusters=_clusters(apiServer="https://c2.example:abc"),
          needles=("'apiServer'", "bad port")),
+    Case("cluster-domain-upper-case", mesh=_mesh(clusterDomain="Cluster.Local"),
+         needles=("mesh.yaml", "'clusterDomain'")),
+    Case("cluster-domain-a-url", mesh=_mesh(clusterDomain="https://cluster.local"),
+         needles=("'clusterDomain'",)),
+    Case("cluster-domain-not-a-string", mesh=_mesh(clusterDomain=["cluster.local"]),
+         needles=("'clusterDomain'",)),
     Case("ca-dir-root-left-in-working-dir", mesh=_mesh(ca={"dir": "ca"}), setup=_root_at("ca"),
          needles=("mesh.yaml", "'ca.dir'", "/ca (working directory)",
                   "no root CA in", "/clusters/ca (mesh.yaml's folder)")),
@@ -168,3 +174,23 @@ def test_good_names_are_accepted(tmp_path: Path, field: str, value: str) -> None
                                                  network="n2")],
                           {**mesh, "ca": {"dir": str(tmp_path / "ca")}})
     assert config.load(folder)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "10001", "1.5"])
+def test_canary_observe_needs_a_count(tmp_path: Path, value: str) -> None:
+    """--observe N is checked before any cluster is contacted (exit 2, one line)."""
+    folder = write_folder(tmp_path, _clusters(), _mesh())
+    catalogue._run_cli(tmp_path, "canary", "--cluster", "cluster1", "--namespace", "shop",
+                       "--service", "reviews", "--weights", "v1=80,v2=20", "--observe", value,
+                       "--clusters-dir", str(folder), code=2, needles=("--observe",))
+
+
+def test_canary_observe_off_the_sandbox_is_refused_before_any_write(tmp_path: Path) -> None:
+    """Only the sandbox has a probe that tells versions apart: elsewhere --observe is a
+    usage error, and it comes before canary contacts a cluster (these clusters do not
+    exist, so any contact would be exit 3)."""
+    folder = write_folder(tmp_path, _clusters(), _mesh())
+    catalogue._run_cli(tmp_path, "canary", "--cluster", "cluster1", "--namespace", "shop",
+                       "--service", "reviews", "--weights", "v1=80,v2=20", "--observe", "100",
+                       "--clusters-dir", str(folder), code=2,
+                       needles=("--observe", "sandbox"))
