@@ -337,7 +337,7 @@ def test_meshctl_verify_reports_the_control_plane_half_in_json_and_junit(
 
     junit = tmp_path / "verify.xml"
     result = run(primaries.handle, "verify", "--main", "cluster1", "--remote", "cluster2",
-                 "--json", "--junit", str(junit), "--timeout", "120",
+                 "--json", "--junit", str(junit), "--timeout", "120", "--probe", "pods",
                  "--clusters-dir", str(primaries.folder))
     doc = json.loads(result.stdout)
     plane = {c["name"]: c for c in doc["checks"] if c["group"] == "control-plane"}

@@ -6,7 +6,9 @@ compared, east-west Service addresses, istiod's Deployment); the samples are rea
 deployed and become Ready (kwok marks the pods Running/Ready), and the real istiod the
 sandbox runs injects their sidecars.  No container runs, so pods/exec has nothing to
 run curl in: the request step fails and verify must say that traffic was NOT checked
-and exit 1.  The request counting itself is tested from real curl output
+and exit 1.  (On sandbox clusters verify would pick the sandbox's own workloads by
+itself; this module asks for the sidecar pods, ``MESHCTL_VERIFY_PROBE=pods``, because
+that path is what it tests.  ``tests/test_traffic.py`` tests the workload path.)  The request counting itself is tested from real curl output
 (``tests/fixtures/curl``).
 
 Damaging tests (a deleted secret, a foreign root, a gateway without address, a bad
@@ -220,6 +222,12 @@ def test_sample_manifests_v1_and_curl_on_main_v2_on_remote(tmp_path: Path) -> No
 
 
 # --- on the sandbox ----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _sidecar_pod_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every verify run of this module takes the sidecar-pod path (see the docstring)."""
+    monkeypatch.setenv("MESHCTL_VERIFY_PROBE", "pods")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshctl import report
+from meshctl import envvars, report
 from meshctl.errors import CheckFailed, ClusterError, UsageError
 from meshctl.tasks import _common
 
@@ -185,9 +185,12 @@ def status(c, cluster=None, json=False, clusters_dir=None):
         "refused",
     "requests": "how many requests the curl client sends (default: enough that a healthy "
         "mesh misses a cluster by bad luck in under 0.1 % of runs; the rate is printed)",
-    "timeout": "seconds to wait for the sample apps to become ready (default 180)"})
+    "timeout": "seconds to wait for the sample apps to become ready (default 180)",
+    "probe": "what carries the traffic half: auto (default, or $MESHCTL_VERIFY_PROBE): "
+        "the sandbox's real workloads on sandbox clusters, sidecar pods elsewhere; "
+        "pods: helloworld and curl with sidecars; workloads: the sandbox's, or exit 2"})
 def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namespace=None,
-           requests=None, timeout=None, clusters_dir=None):
+           requests=None, timeout=None, probe=None, clusters_dir=None):
     """Check the mesh spans the clusters: static checks, then sample traffic."""
     from meshctl import files, topology
     from meshctl import verify as verifier
@@ -202,9 +205,16 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
     plan = topology.plan(cfg, main or "", remote or [])
     if junit:
         files.check_writable(Path(junit))  # before any cluster is touched
-    probe = _common.sandbox_probe(cfg)  # the sandbox's own workloads; None: sidecar pods
+    kind = probe or envvars.choice("MESHCTL_VERIFY_PROBE", PROBES, default="auto")
+    if kind not in PROBES:
+        raise UsageError(f"--probe {kind!r}: expected one of {', '.join(PROBES)}")
+    # the sandbox's own workloads where they can run; None: helloworld and curl pods
+    # (auto: not across networks, where the sandbox has no east-west gateway to carry them)
+    one_network = len({cfg.clusters[n].network for n in plan.names}) == 1
+    chosen = (None if kind == "pods" else _common.probe_for(cfg, needed_by="--probe workloads")
+              if kind == "workloads" else _common.sandbox_probe(cfg) if one_network else None)
     result = verifier.run(cfg, plan, requests=count, keep=keep, namespace=ns, timeout=wait,
-                          progress=report.progress, probe=probe)
+                          progress=report.progress, probe=chosen)
     if junit:
         files.write_atomic(Path(junit), verifier.junit_xml(result))
     if json:
@@ -216,6 +226,9 @@ def verify(c, main=None, remote=None, json=False, junit=None, keep=False, namesp
     if not result.passed:
         failed = sum(1 for check in result.checks if check.status == "FAIL")
         raise CheckFailed(f"verify: {failed} check(s) failed")
+
+
+PROBES = ("auto", "pods", "workloads")
 
 
 @_common.mesh_task(help={

@@ -192,10 +192,10 @@ def shard_counts(shardz: Any, host: str, namespace: str) -> dict[str, int]:
 
 def endpoint_check(clients: dict[str, kube.Kube], primary: str, pod: str, port: int,
                    namespace: str, running: tuple[str, ...], *,
-                   timeout: float = ENDPOINTS_TIMEOUT) -> Any:
+                   timeout: float = ENDPOINTS_TIMEOUT, sample: str = SAMPLE) -> Any:
     """istiod on ``primary`` holds endpoints of the sample from each cluster in ``running``."""
-    host = f"{SAMPLE}.{namespace}.svc.cluster.local"
-    name = f"{primary} endpoints of {SAMPLE}"
+    host = f"{sample}.{namespace}.svc.cluster.local"
+    name = f"{primary} endpoints of {sample}"
     deadline = time.monotonic() + timeout
     counts: dict[str, int] = {}
     while True:
@@ -223,7 +223,7 @@ def endpoint_check(clients: dict[str, kube.Kube], primary: str, pod: str, port: 
 
 def checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
            namespace: str | None = None, running: tuple[str, ...] | None = None,
-           timeout: float = ENDPOINTS_TIMEOUT) -> list[Any]:
+           timeout: float = ENDPOINTS_TIMEOUT, sample: str = SAMPLE) -> list[Any]:
     """Every primary's istiod: remote clusters synced; with ``namespace``, sample endpoints.
 
     ``running``: the clusters that run the sample (default: every cluster of the plan).
@@ -245,7 +245,7 @@ def checks(config: Config, plan: Plan, clients: dict[str, kube.Kube], *,
         out = clusterz_checks(config, plan, clients, primary, pod, port)
         if namespace is not None:
             out.append(endpoint_check(clients, primary, pod, port, namespace,
-                                      running or plan.names, timeout=timeout))
+                                      running or plan.names, timeout=timeout, sample=sample))
         return out
 
     jobs: list[Callable[[], list[Any]]] = [lambda p=p: one(p) for p in primaries]

@@ -85,6 +85,7 @@ def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool =
     ledger = tidy.claim(clients, namespace, config.mesh.mesh_id)
     endpoints = len(expected_answers(plan))
     count = sizing.request_count(endpoints, requests)
+    named = {"probe": probe.name, "probe_limits": probe.limits} if probe is not None else {}
     progress(plan.main, "static checks …")
     checks = static_checks(config, plan, clients)
     if not all(c.status == PASS for c in checks):
@@ -94,7 +95,7 @@ def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool =
         checks.append(Check("traffic", "requests", None, SKIP, reason))
         return Result(plan.main, plan.remotes, tuple(checks),
                       Traffic(False, None, count, 0, reason=reason, endpoints=endpoints),
-                      namespace=namespace)
+                      namespace=namespace, **named)
     tidied = tidy.Tidied()
     try:
         if probe is not None:
@@ -108,13 +109,14 @@ def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool =
                                                    progress=progress)
         # control-plane half (control_plane): each primary's istiod, sample deployed
         progress(plan.main, "asking each istiod what it sees …")
-        traffic_list += control_plane.checks(config, plan, clients, namespace=namespace)
+        traffic_list += control_plane.checks(
+            config, plan, clients, namespace=namespace,
+            sample=workloads.SERVICE if probe is not None else control_plane.SAMPLE)
     finally:
         if probe is not None and not keep:
             probe.close()  # its registrations and processes first, then the ledger's
         if not keep:
             tidied = tidy.cleanup(clients, ledger, progress)
-    named = {"probe": probe.name, "probe_limits": probe.limits} if probe is not None else {}
     return Result(plan.main, plan.remotes, tuple(checks + traffic_list), traffic, kept=keep,
                   cleanup=tidied.removed, namespace=namespace, cleanup_kept=tidied.kept,
                   **named)

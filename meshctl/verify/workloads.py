@@ -39,6 +39,7 @@ from meshctl.verify.result import Answer, Check, Failure, Progress, Traffic, qui
 from meshctl.verify.traffic import expected_answers
 
 SERVICE = "echo"
+PACE = 10  # calls per second from each caller
 
 
 def _check(name: str, cluster: str | None, status: str, message: str,
@@ -131,7 +132,9 @@ def probe_checks(config: Config, plan: Plan, clients: dict[str, Any], probe: pro
     sent = 0
     for src in primaries:
         progress(src, f"{requests} calls to {host}:{port}")
-        got = probe.send(src, ns, host, port, requests)
+        # paced: a fresh gRPC client sends everything to the first endpoint it connects
+        # to until the others are READY, so a burst would not be uniform
+        got = probe.send(src, ns, host, port, requests, qps=PACE)
         sent += got.sent
         for key, n in got.answered.items():
             answers[key] = answers.get(key, 0) + n
