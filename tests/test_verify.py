@@ -8,7 +8,8 @@ sandbox runs injects their sidecars.  No container runs, so pods/exec has nothin
 run curl in: the request step fails and verify must say that traffic was NOT checked
 and exit 1.  (On sandbox clusters verify would pick the sandbox's own workloads by
 itself; this module asks for the sidecar pods, ``MESHCTL_VERIFY_PROBE=pods``, because
-that path is what it tests.  ``tests/test_traffic.py`` tests the workload path.)  The request counting itself is tested from real curl output
+that path is what it tests.  ``tests/test_traffic.py`` tests the workload path.)
+The request counting itself is tested from real curl output
 (``tests/fixtures/curl``).
 
 Damaging tests (a deleted secret, a foreign root, a gateway without address, a bad
