@@ -144,6 +144,27 @@ def test_cross_cluster_mtls_both_ways_chains_through_the_other_intermediate(mesh
         assert f"L = {dst}" in issuer or f"L={dst}" in issuer, issuer
 
 
+def test_root_key_is_on_no_cluster(mesh: Mesh) -> None:
+    """After bootstrap, workloads and calls: no Secret or ConfigMap of either cluster holds
+    the root CA's key, in PEM or base64 (kubectl reads every namespace)."""
+    import base64
+    import json
+
+    key = (mesh.tmp / "ca" / "root-key.pem").read_bytes()
+    body = b"".join(line for line in key.splitlines() if b"-----" not in line)[:64]
+    for cluster in ("cluster1", "cluster2"):
+        items = json.loads(mesh.kubectl(cluster, "get", "secrets,configmaps", "-A", "-o",
+                                        "json"))["items"]
+        assert len(items) > 10
+        for item in items:
+            values = [base64.b64decode(v) for v in (item.get("data") or {}).values()
+                      ] if item["kind"] == "Secret" else [
+                str(v).encode() for v in (item.get("data") or {}).values()]
+            where = f"{cluster}: {item['kind']} {item['metadata']['namespace']}/" \
+                    f"{item['metadata']['name']}"
+            assert not any(body in v for v in values), f"root key material in {where}"
+
+
 def test_plaintext_is_refused_under_strict(mesh: Mesh) -> None:
     server = next(w for w in wl.records(mesh.sb) if w.service == "only2")
     links = wl._binaries(mesh.sb)
