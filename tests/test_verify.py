@@ -1008,3 +1008,14 @@ def test_peer_chain_under_another_root_names_that_root(tmp_path: Path) -> None:
     assert "does not chain to this mesh's root" in words
     assert "O=other" in words
     assert workloads.judge_chain([], {}, "cluster2")[0] == "FAIL"
+
+
+def test_several_callers_each_get_enough_and_the_rate_covers_them_all() -> None:
+    """The workload probe calls from every primary and each must see every endpoint: the
+    count per caller is sized for TARGET / callers, and the printed rate is the union."""
+    each = sizing.request_count(2, callers=2)
+    assert each > sizing.request_count(2)
+    assert 2 * sizing.miss_chance(2, each) <= sizing.TARGET
+    traffic = verify.Traffic(True, "probe", 2 * each, 2 * each, endpoints=2, callers=2)
+    assert traffic.miss_chance == float(2 * sizing.miss_chance(2, each))
+    assert f"({each} from each of 2 callers)" in traffic.luck_line()

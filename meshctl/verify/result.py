@@ -103,19 +103,21 @@ class Traffic:
     reason: str | None = None  # why traffic was not checked
     failures: tuple[Failure, ...] = ()
     endpoints: int = 0  # (cluster, version) pairs that must each answer; 0: unknown
+    callers: int = 1  # callers that must each see every endpoint (workload probe: 1 a primary)
 
     @property
     def miss_chance(self) -> float | None:
-        """P(``requests`` requests miss an endpoint of a healthy mesh), see ``sizing``."""
+        """P(a healthy mesh fails by bad luck: some caller misses an endpoint), ``sizing``."""
         if self.endpoints < 1:
             return None
-        return float(sizing.miss_chance(self.endpoints, self.requests))
+        each = self.requests // max(self.callers, 1)
+        return float(sizing.run_miss_chance(self.endpoints, each, self.callers))
 
     def luck_line(self) -> str | None:
         """The "sent N requests: chance …" sentence, once requests really ran, else None."""
         if not self.checked or self.endpoints < 1:
             return None
-        return sizing.luck_line(self.sent, self.endpoints)
+        return sizing.luck_line(self.sent, self.endpoints, self.callers)
 
     def to_json(self) -> dict[str, Any]:
         return {"checked": self.checked, "client": self.client, "requests": self.requests,

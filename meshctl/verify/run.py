@@ -84,7 +84,10 @@ def run(config: Config, plan: Plan, *, requests: int | None = None, keep: bool =
                for n in plan.names}
     ledger = tidy.claim(clients, namespace, config.mesh.mesh_id)
     endpoints = len(expected_answers(plan))
-    count = sizing.request_count(endpoints, requests)
+    # the workload probe calls from every primary, and each must see every endpoint
+    callers = sum(1 for c in plan.clusters if config.clusters[c.name].is_primary) \
+        if probe is not None else 1
+    count = sizing.request_count(endpoints, requests, callers=callers)
     named = {"probe": probe.name, "probe_limits": probe.limits} if probe is not None else {}
     progress(plan.main, "static checks …")
     checks = static_checks(config, plan, clients)

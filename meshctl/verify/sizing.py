@@ -68,12 +68,19 @@ def requests_for(endpoints: int, target: Fraction | float = TARGET) -> int:
     return high
 
 
-def request_count(endpoints: int, requests: int | None = None) -> int:
+def request_count(endpoints: int, requests: int | None = None, *, callers: int = 1) -> int:
     """``--requests`` when given (it wins), else enough for :data:`TARGET`, capped at
-    :data:`MAX_REQUESTS`."""
+    :data:`MAX_REQUESTS`.  With several ``callers`` that must each see every endpoint,
+    each gets enough for ``TARGET / callers``, so the run as a whole stays under it."""
     if requests is not None:
         return requests
-    return min(requests_for(endpoints), MAX_REQUESTS)
+    return min(requests_for(endpoints, Fraction(TARGET) / max(callers, 1)), MAX_REQUESTS)
+
+
+def run_miss_chance(endpoints: int, per_caller: int, callers: int = 1) -> Fraction:
+    """Chance that at least one of ``callers`` (each sending ``per_caller``) misses an
+    endpoint on a healthy mesh: the union bound over the callers, at most 1."""
+    return min(Fraction(1), max(callers, 1) * miss_chance(endpoints, per_caller))
 
 
 def chance_text(chance: Fraction | float) -> str:
@@ -102,7 +109,9 @@ def chance_text(chance: Fraction | float) -> str:
     return f"< {float(above):.1e} %"
 
 
-def luck_line(sent: int, endpoints: int) -> str:
-    """The sentence verify prints after sending its requests."""
-    return (f"sent {sent} requests: chance that a healthy mesh misses a cluster by bad "
-            f"luck {chance_text(miss_chance(endpoints, sent))}")
+def luck_line(sent: int, endpoints: int, callers: int = 1) -> str:
+    """The sentence verify prints after sending its requests (from each of ``callers``)."""
+    each = sent // max(callers, 1)
+    who = f" ({each} from each of {callers} callers)" if callers > 1 else ""
+    return (f"sent {sent} requests{who}: chance that a healthy mesh misses a cluster by bad "
+            f"luck {chance_text(run_miss_chance(endpoints, each, callers))}")

@@ -166,4 +166,4 @@ def probe_checks(config: Config, plan: Plan, clients: dict[str, Any], probe: pro
     return checks, Traffic(True, client, requests * len(primaries), sent,
                            tuple(Answer(v, c, n) for (c, v), n in sorted(answers.items())),
                            errors, failures=tuple(Failure(k, n) for k, n in causes.items()),
-                           endpoints=len(expected))
+                           endpoints=len(expected), callers=len(primaries))
