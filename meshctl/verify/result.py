@@ -20,7 +20,8 @@ Pure: nothing here talks to a cluster.  ``--json`` prints :meth:`Result.to_json`
 
 Added within v1 (no key changed meaning): ``traffic.endpoints`` and
 ``traffic.missChance``, the probability (0 to 1) that ``requests`` uniform requests miss
-one of ``endpoints`` equally likely endpoints on a healthy mesh
+one of ``endpoints`` equally likely endpoints on a healthy mesh (with ``callers`` > 1,
+the workload probe's callers, the chance that any of them misses one)
 (:func:`meshctl.verify.sizing.miss_chance`; ``requests`` is sized so that it is at most
 0.1 % unless ``--requests`` was given); ``cleanupKept``: what cleanup left in place,
 each with the reason (a namespace holding objects verify did not make, a cluster it
@@ -123,6 +124,7 @@ class Traffic:
         return {"checked": self.checked, "client": self.client, "requests": self.requests,
                 "sent": self.sent, "errors": self.errors, "reason": self.reason,
                 "endpoints": self.endpoints, "missChance": self.miss_chance,
+                "callers": self.callers,
                 "answers": [{"version": a.version, "cluster": a.cluster, "count": a.count}
                             for a in self.answers],
                 "failures": [{"reason": f.reason, "count": f.count} for f in self.failures]}
