@@ -30,6 +30,7 @@ from kubernetes import client as k8s
 from meshctl import ownership
 from meshctl.mesh import install_record as rec
 from tests.api_proxy import ApiProxy
+from tests.factories import meshctl
 from tests.test_bootstrap import (
     KUBECTL,
     assert_torn_down,
@@ -190,6 +191,37 @@ def test_istio_system_with_other_teams_objects_is_kept(tmp_path: Path, sb) -> No
         assert kubectl(sb["cluster2"], "get", "namespace", NS).returncode != 0
     finally:
         clean(sb, "widgets.example.com")
+
+
+BROKEN_API = {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+              "metadata": {"name": "v1.broken.example.com"},
+              "spec": {"group": "broken.example.com", "version": "v1",
+                       "groupPriorityMinimum": 100, "versionPriority": 10,
+                       "insecureSkipTLSVerify": True,
+                       "service": {"name": "nothing-here", "namespace": "default"}}}
+
+
+def test_kinds_that_cannot_be_listed_keep_istio_system(tmp_path: Path, sb) -> None:
+    """An aggregated API that does not answer may serve namespaced kinds in istio-system
+    that nobody can see: not knowing keeps the namespace, and the reason is printed."""
+    folder = clusters_dir(tmp_path, sb, {}, {"cluster2": "network2"})
+    c1 = sb["cluster1"]
+    try:
+        up = run(sb, "bootstrap", *ARGS, "--clusters-dir", str(folder))
+        assert up.returncode == 0, up.stderr[-3000:]
+        kubectl_apply(c1, [BROKEN_API])
+        uid = get_json(c1, "namespace", NS)["metadata"]["uid"]
+        down = meshctl("teardown", *ARGS, "--yes", "--clusters-dir", str(folder),
+                       env={**sb.env(), "MESHCTL_API_DEADLINE": "3"})
+        assert down.returncode == 0, down.stderr[-3000:]
+        flat = " ".join(down.stdout.split())
+        assert "cluster1: kept Namespace istio-system: cannot tell what it holds (discovery " \
+            "failed: " in flat and "broken.example.com" in flat, down.stdout
+        assert get_json(c1, "namespace", NS)["metadata"]["uid"] == uid
+        assert "cluster2: removed Namespace istio-system" in flat, down.stdout
+    finally:
+        kubectl(c1, "delete", "apiservice", "v1.broken.example.com", "--ignore-not-found")
+        clean(sb)
 
 
 # --- item 3: the install record is untrusted input ----------------------------------------
