@@ -188,6 +188,28 @@ def test_unlinking_cluster2_takes_its_endpoints_away_and_link_brings_them_back(m
     mesh.until_answered("cluster1", "only2", by="cluster2", timeout=90)
 
 
+def test_another_meshs_remote_secret_is_neither_removed_nor_forced(mesh: Mesh) -> None:
+    """unlink deletes, and link force-repairs, only a remote secret meshctl made for this
+    mesh: one labelled for another mesh keeps its uid and resourceVersion (kubectl)."""
+    name = "istio-remote-secret-cluster2"
+    ident = ["get", "secret", name, "-n", "istio-system", "-o",
+             "jsonpath={.metadata.uid}/{.metadata.resourceVersion}"]
+    mesh.kubectl("cluster1", "-n", "istio-system", "label", "secret", name,
+                 "meshctl.io/mesh=other-mesh", "--overwrite")
+    try:
+        before = mesh.kubectl("cluster1", *ident)
+        gone = mesh.meshctl("unlink", "--main", "cluster1", "--remote", "cluster2", ok=False)
+        assert mesh.kubectl("cluster1", *ident) == before, gone.stdout + gone.stderr
+        forced = mesh.meshctl("link", "--main", "cluster1", "--remote", "cluster2", ok=False)
+        assert forced.returncode == 1, forced.stdout + forced.stderr
+        assert len(forced.stderr.strip().splitlines()) == 1 and "Traceback" not in forced.stderr
+        assert mesh.kubectl("cluster1", *ident) == before
+    finally:
+        mesh.kubectl("cluster1", "-n", "istio-system", "label", "secret", name,
+                     "meshctl.io/mesh=mesh1", "--overwrite")
+    mesh.until_answered("cluster1", "only2", by="cluster2", timeout=90)
+
+
 def test_verify_sends_real_calls_through_the_sandbox_workloads(mesh: Mesh) -> None:
     """verify picks the sandbox's workloads by itself, says so, and counts real calls from
     every primary by cluster and version; each peer's chain leads to meshctl's root."""

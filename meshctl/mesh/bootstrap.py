@@ -98,4 +98,5 @@ def link(config: Config, *, target: str, source: str, server: str | None = None)
 
 
 def unlink(config: Config, *, target: str, source: str) -> bool:
-    return remote_secret.remove(kube.client(config.clusters[target]), source)
+    return remote_secret.remove(kube.client(config.clusters[target]), source,
+                                mesh_id=config.mesh.mesh_id)

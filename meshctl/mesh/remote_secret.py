@@ -162,15 +162,20 @@ def apply(main: kube.Kube, secret: RemoteSecret) -> str:
     """
     path = secret_path(secret.source)
     live = main.get(path, what=f"read Secret {NAMESPACE}/{secret_name(secret.source)}")
+    # meshctl's for *this* mesh only: another mesh's remote secret of that name is not
+    # put back by force (kube.ensure refuses it as not ours)
     return kube.ensure(main, secret.body, live=live,
-                       force=live is not None and ownership.is_managed(live))
+                       force=live is not None and ownership.is_managed(
+                           live, ownership.mesh_of(secret.body)))
 
 
 def read(main: kube.Kube, source: str) -> dict | None:
     return main.get(secret_path(source), what=f"read Secret {NAMESPACE}/{secret_name(source)}")
 
 
-def remove(main: kube.Kube, source: str) -> bool:
+def remove(main: kube.Kube, source: str, *, mesh_id: str | None = None) -> bool:
+    """Delete the remote secret of ``source`` when it is meshctl's for ``mesh_id``."""
+    labels = ownership.labels(mesh_id) if mesh_id else {}
     return kube.delete(main, {"apiVersion": "v1", "kind": "Secret",
                               "metadata": {"name": secret_name(source),
-                                           "namespace": NAMESPACE}})
+                                           "namespace": NAMESPACE, "labels": labels}})
