@@ -40,8 +40,8 @@ _STARTED: list[Path] = []
 
 #: The fixtures that need the sandbox binaries or a running sandbox.  A test whose fixture
 #: closure holds any of them must carry the ``sandbox`` marker (checked at collection).
-SANDBOX_FIXTURES = frozenset({"sandbox_bin", "sandbox_factory", "sandbox",
-                              "namespace_factory", "namespace"})
+SANDBOX_FIXTURES = frozenset({"sandbox_bin", "sandbox_bin_previous", "sandbox_factory",
+                              "sandbox", "namespace_factory", "namespace"})
 MARKER = "sandbox"
 
 # The test being run (setup, call and teardown), for the run-time marker check.
@@ -108,13 +108,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             + "\n  ".join(unmarked))
 
 
-def require_bin() -> Path:
-    """The sandbox bin dir, located without building; skip (or fail in CI) if missing."""
+def require_bin(names: Sequence[str] = sandbox_build.CURRENT) -> Path:
+    """The sandbox bin dir, located without building; skip (or fail in CI) if missing.
+
+    By default the previous Istio (for upgrade tests) is not required.
+    """
     _require_sandbox_marker("the sandbox binaries")
-    found = sandbox_build.locate()
+    found = sandbox_build.locate(names)
     if found is not None:
         return found
-    reason = (f"sandbox binaries not built (looked in {sandbox_build.bin_dir()}); "
+    missing = sandbox_build.missing_binaries(sandbox_build.bin_dir(), names)
+    reason = (f"sandbox binaries not built (looked in {sandbox_build.bin_dir()}"
+              f"{': no ' + ', '.join(missing) if missing else ''}); "
               "run 'meshctl sandbox.build' or set MESHCTL_SANDBOX_BIN")
     if os.environ.get("MESHCTL_REQUIRE_SANDBOX") == "1":
         pytest.fail(reason, pytrace=False)
@@ -187,6 +192,12 @@ SandboxFactory = Callable[..., SandboxHandle]
 def sandbox_bin() -> Path:
     """The folder with etcd, kube-*, kwok and istioctl (skips if not built)."""
     return require_bin()
+
+
+@pytest.fixture(scope="session")
+def sandbox_bin_previous() -> Path:
+    """The same folder, also holding the previous Istio that upgrades start from."""
+    return require_bin(sandbox_build.BINARIES)
 
 
 # Running sandboxes by (shapes, label).  A sandbox lives until the end of the test module

@@ -71,6 +71,14 @@ def run(handle, *args: str) -> subprocess.CompletedProcess[str]:
     return meshctl(*args, env=handle.env())
 
 
+def built_istio_version(handle) -> str:
+    """The version the sandbox's istioctl reports: its build's stamp (sandbox.build)."""
+    said = subprocess.run([str(handle.bin_dir / "istioctl"), "version", "--remote=false",
+                           "-o", "json"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return str(json.loads(said.stdout)["clientVersion"]["version"])
+
+
 def secret_data(core, name: str) -> dict[str, bytes]:
     s = core.read_namespaced_secret(name, "istio-system")
     return {k: base64.b64decode(v) for k, v in (s.data or {}).items()}
@@ -209,7 +217,7 @@ def test_topology_bootstrap_then_teardown(tmp_path: Path, mesh3, roles, networks
                  *flags("--cluster", ["cluster1", *remotes]))
     assert status.returncode == 0, status.stderr
     rows = {r["name"]: r for r in json.loads(status.stdout)["clusters"]}
-    assert rows["cluster1"]["istio_version"] == "1.31-dev"
+    assert rows["cluster1"]["istio_version"] == built_istio_version(mesh3)
     assert rows["cluster1"]["cert_days_left"] > 700
 
     down = run(mesh3, "teardown", *args, "--yes")

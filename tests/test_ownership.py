@@ -21,6 +21,7 @@ from tests.api_proxy import ApiProxy
 from tests.test_bootstrap import (
     KUBECTL,
     assert_torn_down,
+    built_istio_version,
     clusters_dir,
     counting_proxies,
     run,
@@ -251,7 +252,8 @@ def test_other_istioctl_version_is_not_nothing_to_do(tmp_path: Path, shared, pro
         assert up.returncode == 0, up.stderr[-3000:]
         core = shared["cluster2"].core()
         record = core.read_namespaced_config_map("meshctl-install", NS)
-        assert record.data["istioctl-version"] == "1.31-dev"
+        installed_by = built_istio_version(shared)
+        assert record.data["istioctl-version"] == installed_by
         # as if an older istioctl had installed it: the record is the only witness
         core.patch_namespaced_config_map("meshctl-install", NS,
                                          {"data": {"istioctl-version": "1.30.2"}})
@@ -261,7 +263,7 @@ def test_other_istioctl_version_is_not_nothing_to_do(tmp_path: Path, shared, pro
         assert again.returncode == 1, again.stdout[-1000:] + again.stderr[-2000:]
         assert "nothing to do" not in again.stdout
         lines = error_lines(again)
-        assert len(lines) == 1 and "1.30.2" in lines[0] and "1.31-dev" in lines[0], lines
+        assert len(lines) == 1 and "1.30.2" in lines[0] and installed_by in lines[0], lines
         assert "cluster2" in lines[0] and "hint:" in lines[0]
         for name, p in proxies.items():
             assert p.mutations() == [], (name, p.mutations())

@@ -8,7 +8,8 @@ the rest of meshctl beyond :mod:`meshctl.errors`, :mod:`meshctl.files` and
 
 - :mod:`~meshctl.sandbox.build`: :func:`build` compiles the pinned Go modules under
   ``sandbox/`` into a cache keyed by their ``go.mod``/``go.sum``; :func:`locate`,
-  :func:`bin_dir`, ``BINARIES``.
+  :func:`bin_dir`, ``BINARIES`` (``CURRENT``: all but the previous Istio, which only
+  upgrade tests need), ``ISTIOD_BINARIES`` (the pilot-discovery for each image tag).
 - :mod:`~meshctl.sandbox.lifecycle`: :func:`up` (N clusters, kubeconfig, cluster files),
   :func:`down` (stops every process it started, removes the state), :func:`load`,
   :func:`shapes`.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -68,7 +69,37 @@ def _kube_ldflags(version: str) -> str:
 
 
 KUBERNETES_VERSION = _module_version("kubernetes", "k8s.io/kubernetes")
-ISTIO_BUILD_VERSION = "1.31-dev"
+
+
+def _istio_dev_version(module: str, line: str) -> str:
+    """``1.31-dev.20260827``: the dev line and the snapshot date of a module's Istio pin.
+
+    Both Istio pins are untagged master snapshots of the same development line (their
+    VERSION file says 1.31), so the minor alone cannot tell them apart; the date of the
+    pseudo-version (``v0.0.0-20260827124520-eed52ebb66ad``) can, and says what the
+    build is: a snapshot, never a release.  ``line`` is that VERSION file's content; a
+    pin moved to another line must change it too.
+    """
+    m = re.fullmatch(r"v0\.0\.0-(\d{8})\d{6}-[0-9a-f]{12}",
+                     _module_version(module, "istio.io/istio"))
+    return f"{line}-dev.{m.group(1)}" if m else f"{line}-dev"
+
+
+# Istio's own hub for development builds (its profiles' default, so the manifests only
+# differ from an unstamped build's by the tag).  istioctl puts ``hub``/``tag`` over the
+# profile only when both are stamped (operator/pkg/render's hubTagOverlay), and the tag
+# is the stamped version: so an istiod pod's image names the build that rendered it, and
+# the sandbox runs the matching pilot-discovery (ISTIOD_BINARIES).  Nothing is pulled.
+ISTIO_HUB = "registry.istio.io/testing"
+ISTIO_BUILD_VERSION = _istio_dev_version("istioctl", "1.31")
+ISTIO_PREVIOUS_BUILD_VERSION = _istio_dev_version("istio-previous", "1.31")
+
+
+def _istio_ldflags(version: str) -> str:
+    """Stamp the version (else Istio reports "unknown") and the hub (for the image tag)."""
+    return (f"-X istio.io/istio/pkg/version.buildVersion={version} "
+            f"-X istio.io/istio/pkg/version.buildHub={ISTIO_HUB}")
+
 
 # The build flags are part of the cache key: change one and the cache rebuilds.
 BUILDS = (
@@ -82,22 +113,35 @@ BUILDS = (
     # istiod (pilot-discovery) comes from the same module and version as istioctl.
     GoBuild("istioctl", ("istio.io/istio/istioctl/cmd/istioctl",
                          "istio.io/istio/pilot/cmd/pilot-discovery"),
-            ("istioctl", "pilot-discovery"),
-            f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}"),
+            ("istioctl", "pilot-discovery"), _istio_ldflags(ISTIO_BUILD_VERSION)),
     # The sandbox's workloads (sandbox.workload): pilot-agent and Istio's echo server and
     # client, same pin, proxyless gRPC.  Not needed to start a sandbox.
     GoBuild("workload", ("istio.io/istio/pilot/cmd/pilot-agent",
                          "istio.io/istio/pkg/test/echo/cmd/server",
                          "istio.io/istio/pkg/test/echo/cmd/client"),
             ("pilot-agent", "echo-server", "echo-client"),
-            f"-X istio.io/istio/pkg/version.buildVersion={ISTIO_BUILD_VERSION}",
-            one_by_one=True),
+            _istio_ldflags(ISTIO_BUILD_VERSION), one_by_one=True),
+    # An older Istio beside the pin, for upgrade tests: same folder, "-previous" names.
+    # Not needed to start a sandbox, nor by any test that does not upgrade.
+    GoBuild("istio-previous", ("istio.io/istio/istioctl/cmd/istioctl",
+                               "istio.io/istio/pilot/cmd/pilot-discovery"),
+            ("istioctl-previous", "pilot-discovery-previous"),
+            _istio_ldflags(ISTIO_PREVIOUS_BUILD_VERSION), one_by_one=True),
 )
 BINARIES = tuple(out for b in BUILDS for out in b.outputs)
+PREVIOUS = ("istioctl-previous", "pilot-discovery-previous")
+# What the tests and benches need unless they upgrade: a bin folder built before the
+# previous Istio was added still serves them (``locate``'s default).
+CURRENT = tuple(name for name in BINARIES if name not in PREVIOUS)
 # What ``up`` runs (pilot-discovery for every istiod pod, see sandbox.istiod); istioctl
 # is built alongside for tests and users, not needed to start.
 RUNTIME = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
            "pilot-discovery")
+# Which pilot-discovery runs an istiod pod, by its image tag (the stamped version).  The
+# current build last: should both stamps ever be equal (no go.mod to date them, outside
+# a checkout), the tag means the current build.
+ISTIOD_BINARIES = {ISTIO_PREVIOUS_BUILD_VERSION: "pilot-discovery-previous",
+                   ISTIO_BUILD_VERSION: "pilot-discovery"}
 
 
 # --- build and cache -------------------------------------------------------------------
@@ -128,8 +172,11 @@ def missing_binaries(directory: Path, names: Sequence[str] = BINARIES) -> list[s
     return [b for b in names if not os.access(directory / b, os.X_OK)]
 
 
-def locate(names: Sequence[str] = BINARIES) -> Path | None:
-    """The bin dir if every named binary is there, else None; never builds (fixtures)."""
+def locate(names: Sequence[str] = CURRENT) -> Path | None:
+    """The bin dir if every named binary is there, else None; never builds (fixtures).
+
+    Upgrade tests ask for ``BINARIES`` (with the previous Istio); the rest do not need it.
+    """
     if not SOURCES.is_dir() and not os.environ.get("MESHCTL_SANDBOX_BIN"):
         return None
     directory = bin_dir()

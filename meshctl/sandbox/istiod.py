@@ -7,13 +7,15 @@ controller does what kubelet would:
 - materialises the container's volumes (``cacerts`` Secret, the ServiceAccount token,
   any ConfigMap) under a folder of its own that stands in for the container's root,
   and keeps them current with atomic ``..data`` swaps (``sandbox.pod``);
-- starts ``pilot-discovery`` there with the pod's args and env (``REVISION``,
-  ``CLUSTER_ID``, ``POD_NAME``, ``POD_NAMESPACE`` … as the chart sets them; ``REVISION``
-  from the pod's ``istio.io/rev`` label only if the env lacks it), a kubeconfig whose
-  current context is this cluster and whose credential is the pod's own bound
-  ServiceAccount token (so istiod works with exactly the RBAC its chart grants), and
-  its five listen addresses moved to free ports on the node's 127.x address, so any
-  number of istiods on one machine never clash;
+- starts ``pilot-discovery`` there (the build whose stamped version is the pod's image
+  tag: ``pilot-discovery-previous`` for the older Istio that upgrade tests start from,
+  the current build for any other tag, with a note in the log) with the pod's args and
+  env (``REVISION``, ``CLUSTER_ID``, ``POD_NAME``, ``POD_NAMESPACE`` … as the chart
+  sets them; ``REVISION`` from the pod's ``istio.io/rev`` label only if the env lacks
+  it), a kubeconfig whose current context is this cluster and whose credential is the
+  pod's own bound ServiceAccount token (so istiod works with exactly the RBAC its chart
+  grants), and its five listen addresses moved to free ports on the node's 127.x
+  address, so any number of istiods on one machine never clash;
 - probes the readiness probe the pod declares and writes ``Ready`` into the pod status
   (kwok's stage for these pods leaves them Running but not Ready), restarts a process
   that exits with kubelet's back-off, and on deletion stops the process (TERM, KILL
@@ -55,6 +57,7 @@ from meshctl.sandbox.istiod_report import (
     Running,
     _cri_log,
     _port_of,
+    binary_for,
     discovery,
     now,
     selects_istiod,
@@ -77,7 +80,8 @@ class Kubelet(Reporting):
         self.cluster = cluster
         self.api = api
         self.node_ip = node_ip
-        self.binary = bin_dir / BINARY if bin_dir else None
+        self.bin_dir = bin_dir
+        self.binary = bin_dir / BINARY if bin_dir else None  # the current build's
         self.proxy = proxy
         self.source = pod_fs.Source(api)
         self.pods: dict[str, dict[str, Any]] = {}
@@ -229,7 +233,11 @@ class Kubelet(Reporting):
         env.setdefault("HOSTNAME", pod["metadata"]["name"])
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         kept, found = split_args(container.get("args") or [])
-        argv = [str(self.binary), *(pod_fs.expand(a, env) for a in kept),
+        assert self.bin_dir is not None  # no process is started without binaries
+        binary, note = binary_for(pod, self.bin_dir)
+        if note:
+            self.say(f"{run.key}: {note}")
+        argv = [str(binary), *(pod_fs.expand(a, env) for a in kept),
                 f"--kubeconfig={self.kubeconfig(pod, run)}",
                 f"--ctrlz_address={self.node_ip}", f"--ctrlz_port={free_port(self.node_ip)}"]
         for flag, default in LISTEN.items():
@@ -255,7 +263,7 @@ class Kubelet(Reporting):
                          name=f"log {run.key}").start()
         run.started_at, run.ready = now(), False
         run.next_probe = time.monotonic() + self.probe_spec(pod).get("initialDelaySeconds", 0)
-        self.say(f"{run.key}: started pid {run.popen.pid} in {run.root} "
+        self.say(f"{run.key}: started {Path(argv[0]).name} pid {run.popen.pid} in {run.root} "
                  f"(ports {', '.join(f'{c}->{h}' for c, h in run.ports.items())})")
         self.patch_status(pod, run)
 

@@ -10,6 +10,7 @@ port-forward, exec and logs reach the process, and the Service ClusterIP routes 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 import urllib.request
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from meshctl.sandbox import build
 from meshctl.sandbox import pod as pod_fs
 from meshctl.sandbox.api import Api, ApiError
 from meshctl.sandbox.proxy import Address, ServiceProxy
@@ -49,6 +51,36 @@ def discovery(pod: dict[str, Any]) -> dict[str, Any] | None:
         if c.get("name") == CONTAINER and (c.get("args") or [""])[0] == "discovery":
             return dict(c)
     return None
+
+
+def image_tag(image: str) -> str:
+    """``1.31-dev.20260827`` from ``registry.istio.io/testing/pilot:1.31-dev.20260827``
+    ('' without a tag; a registry's port and a ``@sha256:`` digest are not tags)."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.rsplit(":", 1)[1] if ":" in name else ""
+
+
+def binary_for(pod: dict[str, Any], bin_dir: Path) -> tuple[Path, str | None]:
+    """The pilot-discovery build that rendered this pod, and a note when it is not that.
+
+    istioctl stamps its build's version as the image tag (``build.ISTIOD_BINARIES``),
+    and an istiod of one snapshot cannot serve another's chart (an older injector fails
+    on fields the newer chart sets), so each revision's pod runs its own build.  Any
+    other tag (an unstamped build, someone else's image) runs the current build, as
+    does a known tag whose build is not in ``bin_dir``; the note says so for the log.
+    """
+    tag = image_tag(str((discovery(pod) or {}).get("image", "")))
+    name = build.ISTIOD_BINARIES.get(tag)
+    if name == BINARY:
+        return bin_dir / BINARY, None
+    if name is None:
+        known = ", ".join(sorted(build.ISTIOD_BINARIES))
+        return bin_dir / BINARY, (f"image tag {tag or '(none)'!r} is no sandbox build's "
+                                  f"({known}): running {BINARY}")
+    if not os.access(bin_dir / name, os.X_OK):
+        return bin_dir / BINARY, (f"image tag {tag!r} is {name}'s, not built in {bin_dir}: "
+                                  f"running {BINARY} ('meshctl sandbox.build' builds it)")
+    return bin_dir / name, None
 
 
 def selects_istiod(svc: dict[str, Any]) -> bool:
