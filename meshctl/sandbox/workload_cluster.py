@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from meshctl import names
 from meshctl.errors import ClusterError, UsageError
 from meshctl.sandbox.api import Api, ApiError
 from meshctl.sandbox.lifecycle import Sandbox
@@ -26,8 +27,6 @@ from meshctl.sandbox.procs import WaitTimeout, wait_for
 
 LABEL = "meshctl.io/sandbox-workload"
 TOKEN_SECONDS = 86400
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 WE_PATH = "/apis/networking.istio.io/v1/namespaces/{ns}/workloadentries"
 MAX_REPLICAS = 20
 
@@ -50,9 +49,9 @@ class MeshFacts:
 def check_names(*, namespace: str, service: str, version: str, replicas: int) -> None:
     """Refuse bad names before anything starts (one line, exit 2)."""
     for flag, value in (("--namespace", namespace), ("--service", service)):
-        if not _DNS1123.match(value or ""):
+        if not names.dns_label(value or ""):
             raise UsageError(f"{flag} {value!r} is not a DNS-1123 label")
-    if version and not _LABEL_VALUE.match(version):
+    if version and not names.label_value(version):
         raise UsageError(f"--version {version!r} is not a valid label value")
     if not 1 <= replicas <= MAX_REPLICAS:
         raise UsageError(f"--replicas must be from 1 to {MAX_REPLICAS}, got {replicas}")
