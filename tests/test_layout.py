@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"upgrade"},
     {"tasks", "cli"},
 ]
-SANDBOX_MAY_USE = {"errors", "files", "ca.pki", "envvars", "sandbox"}
+SANDBOX_MAY_USE = {"errors", "files", "ca.pki", "envvars", "names", "sandbox"}
 MAX_LINES = 400
 
 
