@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from meshctl.errors import ClusterError
 from meshctl.sandbox.lifecycle import Sandbox
@@ -139,16 +137,6 @@ def send(sb: Sandbox, caller: Workload, host: str, port: int, *, count: int, qps
     return parse(out.stdout + "\n" + out.stderr, count)
 
 
-def send_for(sb: Sandbox, caller: Workload, host: str, port: int, *, seconds: float,
-             qps: int = 20, batch: int = 20) -> Calls:
-    """Calls without pause for ``seconds`` (batches of ``batch``), e.g. during a rotation."""
-    total = Calls(0)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        total = total.merge(send(sb, caller, host, port, count=batch, qps=qps))
-    return total
-
-
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.S)
 
 
@@ -168,8 +156,3 @@ def peer_chain(sb: Sandbox, caller: Workload, ip: str, port: int,
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ClusterError(f"TLS handshake with {ip}:{port}: {type(e).__name__}") from None
     return _PEM.findall(out.stdout)
-
-
-def caller_root(sb: Sandbox, caller: Workload) -> Path:
-    """The root bundle the caller's agent trusts (what its xDS credentials verify with)."""
-    return caller.certs(sb) / "root-cert.pem"

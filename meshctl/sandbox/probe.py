@@ -85,7 +85,7 @@ class Probe:
 
     def port(self, cluster: str, namespace: str, service: str) -> int | None:
         """The Service's first port in ``cluster`` (None without a Service)."""
-        svc = wc._get(wc.api(self.sb, cluster),
+        svc = wc.get(wc.api(self.sb, cluster),
                       f"/api/v1/namespaces/{namespace}/services/{service}")
         ports = (svc or {}).get("spec", {}).get("ports") or []
         return int(ports[0]["port"]) if ports else None
@@ -101,6 +101,6 @@ class Probe:
         api_by: dict[str, object] = {}
         for (cluster, _ns), w in self.callers.items():
             api = api_by.setdefault(cluster, wc.api(self.sb, cluster))
-            workload._stop(self.sb, w, api)
+            workload.stop(self.sb, w, api)
             wc.delete_created(api, _ns, CALLER)
         self.callers.clear()

@@ -246,7 +246,7 @@ def start(sb: Sandbox, *, cluster: str, namespace: str, service: str, version: s
         try:
             started.append(_start_one(sb, w, facts, api, links, os.environ.get(TTL_ENV, "")))
         except BaseException:
-            _stop(sb, w, api)
+            stop(sb, w, api)
             raise
         say(f"{cluster}: {namespace}/{service} {version} at {ip}:{PORT} serving "
             f"({time.monotonic() - t0:.1f}s)")
@@ -267,14 +267,14 @@ def start_caller(sb: Sandbox, *, cluster: str, namespace: str, service_account: 
     try:
         _start_one(sb, w, facts, api, links, os.environ.get(TTL_ENV, ""))
     except BaseException:
-        _stop(sb, w, api)
+        stop(sb, w, api)
         raise
     if progress:
         progress(f"{cluster}: caller {namespace}/{service_account} at {ip}")
     return w
 
 
-def _stop(sb: Sandbox, w: Workload, api: Any) -> None:
+def stop(sb: Sandbox, w: Workload, api: Any) -> None:
     """Deregister first (nothing health-checks the entry), then stop, then forget."""
     if w.entry:
         wc.unregister(api, w)
@@ -301,7 +301,7 @@ def delete(sb: Sandbox, *, cluster: str, namespace: str, service: str,
     gone = [w for w in records(sb) if w.cluster == cluster and w.namespace == namespace
             and w.service == service and (not version or w.version == version)]
     for w in gone:
-        _stop(sb, w, api)
+        stop(sb, w, api)
     left = [w for w in records(sb) if w.cluster == cluster and w.namespace == namespace]
     if not any(w.service == service for w in left):
         wc.delete_created(api, namespace, service)

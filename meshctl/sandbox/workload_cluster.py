@@ -62,7 +62,7 @@ def api(sb: Sandbox, cluster: str) -> Api:
     return Api(sb.cluster(cluster).server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
 
 
-def _get(api: Api, path: str) -> dict[str, Any] | None:
+def get(api: Api, path: str) -> dict[str, Any] | None:
     try:
         return api.get(path)
     except ApiError as e:
@@ -73,12 +73,12 @@ def _get(api: Api, path: str) -> dict[str, Any] | None:
 
 def mesh_facts(api: Api, namespace: str) -> MeshFacts:
     """Read the injector's values and the mesh config of the namespace's revision."""
-    ns = _get(api, f"/api/v1/namespaces/{namespace}") or {}
+    ns = get(api, f"/api/v1/namespaces/{namespace}") or {}
     rev = (ns.get("metadata", {}).get("labels") or {}).get("istio.io/rev", "")
     suffix = "" if rev in ("", "default") else f"-{rev}"
     base = "/api/v1/namespaces/istio-system/configmaps"
-    injector = _get(api, f"{base}/istio-sidecar-injector{suffix}")
-    mesh_cm = _get(api, f"{base}/istio{suffix}")
+    injector = get(api, f"{base}/istio-sidecar-injector{suffix}")
+    mesh_cm = get(api, f"{base}/istio{suffix}")
     if injector is None or mesh_cm is None:
         raise UsageError(f"{api.server}: no Istio of revision {rev or 'default'} here "
                          "(istio-sidecar-injector / istio ConfigMap missing)",
@@ -93,7 +93,7 @@ def mesh_facts(api: Api, namespace: str) -> MeshFacts:
                            f"be read ({type(e).__name__}: {e})") from None
     host, _, port = address.rpartition(":")
     parts = host.split(".")
-    svc = _get(api, f"/api/v1/namespaces/{parts[1] if len(parts) > 1 else 'istio-system'}"
+    svc = get(api, f"/api/v1/namespaces/{parts[1] if len(parts) > 1 else 'istio-system'}"
                     f"/services/{parts[0]}")
     ip = (svc or {}).get("spec", {}).get("clusterIP")
     if not ip or ip == "None":
@@ -169,7 +169,7 @@ def root_cert(api: Api, namespace: str, timeout: float = 30.0) -> str:
     path = f"/api/v1/namespaces/{namespace}/configmaps/istio-ca-root-cert"
     try:
         return wait_for(f"{namespace}/istio-ca-root-cert",
-                        lambda: (_get(api, path) or {}).get("data", {}).get("root-cert.pem"),
+                        lambda: (get(api, path) or {}).get("data", {}).get("root-cert.pem"),
                         timeout=timeout, interval=0.3)
     except WaitTimeout as e:
         raise ClusterError(f"{api.server}: {e}; is istiod running?") from None
@@ -211,7 +211,7 @@ def unregister(api: Api, w: Any) -> None:
 
 
 def _ours(api: Api, path: str) -> bool:
-    obj = _get(api, path)
+    obj = get(api, path)
     return bool(obj) and (obj.get("metadata", {}).get("labels") or {}).get(LABEL) == "true"
 
 

@@ -29,7 +29,7 @@ import yaml
 from cryptography import x509
 
 from meshctl import manifests, probes
-from meshctl.ca import certs, pki, rotation_state, validity
+from meshctl.ca import pki, rotation_state, validity
 from meshctl.config import Config
 from meshctl.errors import MeshctlError
 from meshctl.topology import Plan
@@ -49,16 +49,7 @@ def _check(name: str, cluster: str | None, status: str, message: str,
 
 def mesh_roots(config: Config) -> dict[str, x509.Certificate]:
     """This machine's roots for the mesh, by SHA-256 fingerprint (current, pending)."""
-    roots: dict[str, x509.Certificate] = {}
-    settings = config.mesh.ca
-    pending = rotation_state.next_root_settings(settings)
-    for path in (certs.root_paths(settings)[0], certs.root_paths(pending)[0]):
-        try:
-            for cert in pki.load_certs(path.read_bytes()):
-                roots[pki.fingerprint(cert)] = cert
-        except (OSError, ValueError):
-            continue
-    return roots
+    return {pki.fingerprint(c): c for c in rotation_state.trusted_roots(config.mesh.ca)}
 
 
 def spiffe_id(cert: x509.Certificate) -> str:
