@@ -56,6 +56,11 @@ def good(found: bool = False) -> dict[str, Any]:
                                            "manager": "kubectl-label"}},
             "annotations": {rec.CONTROL_PLANE_ANNOTATION: {"previous": None,
                                                            "manager": None}}})
+    data[rec.INJECTION] = json.dumps({
+        "default": {"uid": UID, "created": False,
+                    "previous": {"istio-injection": "disabled", "istio.io/rev": None}},
+        "apps": {"uid": UID, "created": True,
+                 "previous": {"istio-injection": None, "istio.io/rev": None}}})
     with_operator(data, rec.CONTROL_PLANE, iop())
     with_operator(data, rec.EASTWEST, iop(f"meshctl-eastwest-{CLUSTER}"))
     return {"apiVersion": "v1", "kind": "ConfigMap",
@@ -96,6 +101,21 @@ def operator(text: str, key: str = rec.CONTROL_PLANE, *, rehash: bool = True
     def change(cm: dict) -> None:
         with_operator(cm["data"], key, text, rehash=rehash)
     return change
+
+
+def injected(ns_name: str = "default", **change: Any) -> Callable[[dict], None]:
+    """The injection entry of ``ns_name`` with ``change`` over a good one (a key given
+    as ``None`` is dropped; ``_raw`` replaces the whole entry)."""
+    entry: Any = {"uid": UID, "created": False,
+                  "previous": {"istio-injection": "disabled", "istio.io/rev": None}}
+    if "_raw" in change:
+        entry = change.pop("_raw")
+    for key, value in change.items():
+        if value is None:
+            entry.pop(key)
+        else:
+            entry[key] = value
+    return put(rec.INJECTION, json.dumps({ns_name: entry}))
 
 
 def mesh_label(value: str) -> Callable[[dict], None]:
@@ -186,6 +206,32 @@ BAD: list[tuple[str, Callable[[dict], None], str]] = [
     ("manager-long", label(manager="m" * 200), "manager is not a field manager"),
     ("manager-number", label(manager=42), "manager is not a field manager"),
     ("manager-empty", label(manager=""), "manager is not a field manager"),
+    # injection namespaces: names, exactly {uid, created, previous}, only the two labels
+    ("inj-not-json", put(rec.INJECTION, "{default"), "'injection-namespaces' is not a JSON"),
+    ("inj-list", put(rec.INJECTION, "[]"), "is not a JSON object"),
+    ("inj-bad-name", injected("Default"), "not a namespace name"),
+    ("inj-hostile-name", injected(HOSTILE), "not a namespace name"),
+    ("inj-long-name", injected("n" * 64), "not a namespace name"),
+    ("inj-entry-list", injected(_raw=[UID]), "default: not {uid, created, previous}"),
+    ("inj-extra-key", injected(owner="x"), "default: not {uid, created, previous}"),
+    ("inj-no-previous", injected(previous=None), "not {uid, created, previous}"),
+    ("inj-bad-uid", injected(uid="../../x"), "default: uid is not a Kubernetes uid"),
+    ("inj-uid-null", injected(uid=7), "uid is not a Kubernetes uid"),
+    ("inj-created-text", injected(created="yes"), "created is not true or false"),
+    ("inj-other-label", injected(previous={"istio-injection": None, "istio.io/rev": None,
+                                           "pod-security.kubernetes.io/enforce": "x"}),
+     "previous does not hold exactly istio-injection, istio.io/rev"),
+    ("inj-label-swapped", injected(previous={"istio-injection": None, "team": "x"}),
+     "previous does not hold exactly"),
+    ("inj-one-label", injected(previous={"istio-injection": None}), "does not hold exactly"),
+    ("inj-previous-list", injected(previous=["istio-injection"]), "does not hold exactly"),
+    ("inj-value-hostile", injected(previous={"istio-injection": HOSTILE,
+                                             "istio.io/rev": None}),
+     "previous istio-injection is not a label value"),
+    ("inj-value-number", injected(previous={"istio-injection": None, "istio.io/rev": 1}),
+     "previous istio.io/rev is not a label value"),
+    ("inj-value-newline", injected(previous={"istio-injection": "enabled\n",
+                                             "istio.io/rev": None}), "not a label value"),
     # CRDs
     ("crds-yes", put(rec.CRDS, "yes"), "key 'crds' is not installed or existing"),
     ("crds-empty", put(rec.CRDS, ""), "key 'crds' is not installed or existing"),
@@ -292,3 +338,16 @@ def test_restorable_fields_are_only_what_meshctl_sets() -> None:
     assert rec.foreign_fields(cm["data"]) == []  # never a partial restore of a bad record
     assert rec.namespace(data) == {"created": False, "uid": UID}
     assert rec.namespace({rec.NAMESPACE: "{"}) is None
+
+
+def test_injection_namespaces_parse_only_what_meshctl_writes() -> None:
+    """The parsed entry is the record's own; a bad one is never half-used."""
+    data = good()["data"]
+    got = rec.injection_namespaces(data)
+    assert got["default"] == {"uid": UID, "created": False, "previous": {
+        "istio-injection": "disabled", "istio.io/rev": None}}
+    assert got["apps"]["created"] is True
+    cm = good()
+    injected(owner="x")(cm)
+    assert rec.injection_namespaces(cm["data"]) == {}
+    assert rec.injection_namespaces({}) == {}

@@ -28,7 +28,7 @@ from meshctl.ca import cacerts, certs
 from meshctl.config import Config
 from meshctl.errors import CheckFailed, MeshctlError
 from meshctl.kube import Kube
-from meshctl.mesh import facts, install, remote_secret
+from meshctl.mesh import facts, injection, install, remote_secret
 from meshctl.topology import ClusterPlan, Plan, east_west_placeholder
 
 TOKEN_PLACEHOLDER = "<service-account-token:{source}>"
@@ -177,6 +177,15 @@ def _expose(cp: ClusterPlan, render: Callable[[Live], str]) -> Action:
     return do
 
 
+def _label_injection(cp: ClusterPlan) -> Action:
+    def do(live: Live) -> None:
+        for change in injection.ensure(live.clients[cp.name],
+                                       live.config.clusters[cp.name].inject_namespaces,
+                                       live.config.mesh.istio.revision, live.plan.mesh_id):
+            live.changed(cp.name, change)
+    return do
+
+
 def _east_west_address(cp: ClusterPlan) -> Action:
     def do(live: Live) -> None:
         address = install.wait_east_west_address(live.clients[cp.name],
@@ -205,7 +214,8 @@ def istiod_object(config: Config) -> str:
 
 
 def _install_steps(config: Config, c: ClusterPlan, phase: str) -> list[Step]:
-    """Istio, the east-west gateway, the exposures and the gateway's address, in order."""
+    """Istio, the east-west gateway, the exposures, the gateway's address and the
+    injection labels of the cluster's ``injectNamespaces``, in order."""
     needs = (east_west_placeholder(c.control_plane),) if c.control_plane else ()
     profile = " (profile remote)" if c.control_plane else ""
     objects = (f"IstioOperator meshctl-{c.name}{profile}",)
@@ -238,6 +248,16 @@ def _install_steps(config: Config, c: ClusterPlan, phase: str) -> list[Step]:
         out.append(Step(action="wait for east-west address", objects=(),
                         note=f"fills {east_west_placeholder(c.name)}",
                         do=_east_west_address(c), **step))
+    namespaces = config.clusters[c.name].inject_namespaces
+    if namespaces:  # after istioctl: the injector (primary or remote profile) is there
+        revision = config.mesh.istio.revision
+        wanted = ", ".join(f"{key}={value}" for key, value
+                           in injection.labels_for(revision).items() if value is not None)
+        out.append(Step(action="label injection",
+                        objects=tuple(f"Namespace {ns}" for ns in namespaces),
+                        note=f"{wanted}; the labels' previous values go into the install "
+                             "record, teardown puts them back; a missing namespace is "
+                             "created as meshctl's", do=_label_injection(c), **step))
     return out
 
 

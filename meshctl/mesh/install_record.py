@@ -13,6 +13,9 @@ on it:
 - ``foreign-namespace-fields`` names only the label and annotation meshctl sets on an
   ``istio-system`` it found (:data:`RESTORABLE`), with previous values those keys can
   hold; the manager a record names is never used (restores write as meshctl);
+- ``injection-namespaces`` names namespaces (DNS-1123 labels), each with exactly its uid,
+  whether meshctl created it, and the previous values of only the two injection labels
+  (:data:`INJECTION_LABELS`), each a label value or null;
 - ``operator.<key>`` is an IstioOperator with meshctl's name for this cluster, its
   SHA-256 recorded beside it.  Even so the text is never handed to istioctl: teardown
   renders its own (``istioctl uninstall -f`` prunes by the file's name and namespace,
@@ -41,6 +44,7 @@ MESH = "mesh"
 VERSION = "istioctl-version"
 NAMESPACE = "namespace"  # {"created": bool, "uid": str}
 FOREIGN_FIELDS = "foreign-namespace-fields"  # {"labels": {k: {"previous", "manager"}}, …}
+INJECTION = "injection-namespaces"  # {ns: {"uid", "created", "previous": {label: v}}}
 CRDS = "crds"  # "installed": meshctl's first install created Istio's CRDs; "existing"
 OPERATOR_PREFIX = "operator."  # operator.<key>: the IstioOperator text that was installed
 CONTROL_PLANE = "istio-operator.yaml"
@@ -50,6 +54,8 @@ NETWORK_LABEL = "topology.istio.io/network"
 CONTROL_PLANE_ANNOTATION = "topology.istio.io/controlPlaneClusters"
 # what meshctl sets on an istio-system it did not create: (section, key)
 RESTORABLE = frozenset({("labels", NETWORK_LABEL), ("annotations", CONTROL_PLANE_ANNOTATION)})
+# the labels meshctl puts on (and restores on) the cluster file's injectNamespaces
+INJECTION_LABELS = ("istio-injection", "istio.io/rev")
 IOP_API_VERSION = "install.istio.io/v1alpha1"
 MAX_OPERATOR = 256 * 1024  # an IstioOperator meshctl renders is a few KiB
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -133,6 +139,28 @@ def _namespace_problem(value: str) -> str | None:
     return None
 
 
+def _injection_problem(value: str) -> str | None:
+    doc = _json(value)
+    if not isinstance(doc, dict):
+        return "is not a JSON object"
+    for ns, entry in doc.items():
+        if not names.dns_label(ns):
+            return "names something that is not a namespace name (a DNS-1123 label)"
+        if not isinstance(entry, dict) or set(entry) != {"uid", "created", "previous"}:
+            return f"{ns}: not {{uid, created, previous}}"
+        if not isinstance(entry["uid"], str) or not UID.fullmatch(entry["uid"]):
+            return f"{ns}: uid is not a Kubernetes uid"
+        if not isinstance(entry["created"], bool):
+            return f"{ns}: created is not true or false"
+        previous = entry["previous"]
+        if not isinstance(previous, dict) or set(previous) != set(INJECTION_LABELS):
+            return f"{ns}: previous does not hold exactly {', '.join(INJECTION_LABELS)}"
+        for key, was in previous.items():
+            if not _valid_previous("labels", was):
+                return f"{ns}: previous {key} is not a label value"
+    return None
+
+
 def _operator_problem(text: str, key: str, data: Mapping[str, str], cluster: str) -> str | None:
     if len(text) > MAX_OPERATOR:
         return f"is over {MAX_OPERATOR // 1024} KiB"
@@ -174,6 +202,8 @@ def _value_problem(key: str, value: str, data: Mapping[str, str], *, cluster: st
         return _namespace_problem(value)
     if key == FOREIGN_FIELDS:
         return _foreign_fields_problem(value)
+    if key == INJECTION:
+        return _injection_problem(value)
     if key == CRDS:
         return None if value in ("installed", "existing") else "is not installed or existing"
     if key in COMPONENTS:
@@ -224,3 +254,13 @@ def foreign_fields(data: Mapping[str, str]) -> list[Field]:
     doc = _json(value)
     return [Field(section, key, was["previous"])
             for section, keys in sorted(doc.items()) for key, was in sorted(keys.items())]
+
+
+def injection_namespaces(data: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The recorded injection namespaces (``{ns: {"uid", "created", "previous"}}``) of a
+    checked record; empty when there are none or the entry is not what meshctl writes
+    (a record that says more is refused by :func:`problem`, never half-used)."""
+    value = data.get(INJECTION)
+    if not value or _injection_problem(value) is not None:
+        return {}
+    return dict(_json(value))

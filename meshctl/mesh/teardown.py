@@ -15,6 +15,9 @@ recorded?" (``ownership``, the install record in ``install``):
 - ``cacerts`` only when its root is one of this machine's roots;
 - the label and annotation meshctl set on an ``istio-system`` it found are put back to
   their old values, as meshctl's own field manager;
+- the injection labels on the cluster files' ``injectNamespaces`` are put back to their
+  recorded values before Istio is uninstalled, and a namespace meshctl created for them
+  is deleted when it holds nothing meshctl did not make (:mod:`injection`);
 - ``istio-system`` only when meshctl created it (same uid) and nothing else lives in it,
   asked of every namespaced kind the API server serves (:mod:`strangers`).
 
@@ -37,7 +40,7 @@ from meshctl.ca import cacerts, pki, rotation_state
 from meshctl.config import Config
 from meshctl.errors import CheckFailed, MeshctlError, one_line
 from meshctl.kube import Kube
-from meshctl.mesh import install, install_record, remote_secret, strangers
+from meshctl.mesh import injection, install, install_record, remote_secret, strangers
 from meshctl.topology import Plan
 
 NS = install.NS
@@ -202,6 +205,12 @@ def undo_cluster(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name:
     if not rec:
         report.kept.append("no meshctl install record: Istio on this cluster (if any) "
                            "is not meshctl's")
+    else:  # before the injector goes: labels back, namespaces meshctl created removed
+        done, kept = injection.restore(k, rec)
+        report.removed.extend(d.removesuffix(f" {injection.DELETED}") for d in done
+                              if d.endswith(injection.DELETED))
+        report.restored.extend(d for d in done if not d.endswith(injection.DELETED))
+        report.kept.extend(kept)
     _uninstall(k, ctl, config, plan, name, rec, report, progress)
     if rec:
         _crds(k, name, rec, plan.mesh_id, report, progress)
