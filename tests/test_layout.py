@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
      "ca.pki", "durations", "envvars", "names", "probes", "split"},
     {"config"},
     {"topology"},
-    {"kube", "istio"},
+    {"kube", "istio", "revisions"},
     {"ca"},
     {"preflight", "manifests"},
     {"mesh", "traffic"},
