@@ -81,29 +81,56 @@ def progress(cluster: str, message: str) -> None:
     err.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {cluster}: {message}", highlight=False)
 
 
+def _revision_line(r: Any) -> str:
+    """``canary 1.31.0 ready, 3 proxies, tags: default``: one revision in the table."""
+    ready = {True: "ready", False: "[red]not ready[/red]", None: "injector"}[r.ready]
+    if r.proxies is not None:
+        proxies = f"{r.proxies} prox{'y' if r.proxies == 1 else 'ies'}"
+    elif r.deployment is None:
+        proxies = "proxies: see its primary"
+    else:
+        proxies = "[red]proxies unknown[/red]"
+    tags = f", tags: {', '.join(r.tags)}" if r.tags else ""
+    return f"{r.revision} {r.version or '?'} {ready}, {proxies}{tags}"
+
+
 def status_table(rows: list[Any]) -> Table:
-    """``status`` and the end of ``bootstrap``: one row per cluster."""
+    """``status`` and the end of ``bootstrap``: one row per cluster; one line per Istio
+    revision in it, and the injected namespaces per revision."""
     table = WholeWordTable(title="mesh status")
-    for col in ("cluster", "role", "network", "istio", "links", "east-west", "cert days"):
+    for col in ("cluster", "role", "network", "istio", "links", "east-west", "cert days",
+                "revisions", "namespaces"):
         table.add_column(col)
     for r in rows:
         if not r.reachable:
             table.add_row(r.name, r.role, r.network, f"[red]unreachable: {r.error}[/red]",
-                          "", "", "")
+                          "", "", "", "", "")
             continue
         days = "-" if r.cert_days_left is None else f"{r.cert_days_left:.0f}"
         links = ", ".join(r.links) or "-"
         refused = getattr(r, "link_errors", ())
         if refused:
             links += f"\n[red]{len(refused)} remote secret(s) refused[/red]"
+        revs = "\n".join(_revision_line(x) for x in getattr(r, "revisions", ())) or "-"
+        known = {x.revision for x in getattr(r, "revisions", ())}
+        namespaces = "\n".join(
+            f"{rev}: {', '.join(names)}" if rev in known
+            else f"[red]{rev} (no such revision): {', '.join(names)}[/red]"
+            for rev, names in (getattr(r, "namespaces", None) or {}).items()) or "-"
         table.add_row(r.name, r.role, r.network, r.istio_version or "-",
-                      links, r.east_west_address or "-", days)
+                      links, r.east_west_address or "-", days, revs, namespaces)
     return table
 
 
 def status_notes(rows: list[Any]) -> list[str]:
-    """Lines under the status table: every refused remote secret, with the field."""
-    return [f"❌ {line}" for r in rows for line in getattr(r, "link_errors", ())]
+    """Lines under the status table: every refused remote secret, with the field; every
+    proxy count that could not be read, and why; namespaces naming no revision."""
+    lines = [f"❌ {line}" for r in rows for line in getattr(r, "link_errors", ())]
+    lines += [f"⚠️  {r.name}: proxies of revision {x.revision}: {x.proxies_error}"
+              for r in rows for x in getattr(r, "revisions", ())
+              if x.proxies_error and x.deployment is not None]
+    lines += [f"❌ {line}" for r in rows for line in getattr(r, "revision_problems", ())]
+    return lines
 
 
 # --- certs.status (issue 6) ------------------------------------------------------------

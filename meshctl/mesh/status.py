@@ -9,13 +9,29 @@ allow-list (never given to a loader): a link whose secret carries an exec plugin
 file path, other credentials or no kubeconfig at all is listed under ``link_errors``
 with the Secret and the field, not as a working link.
 
+Revisions (:mod:`meshctl.revisions`): during an upgrade two control planes run side by
+side, so a cluster has one row per revision: its istiod Deployment, version, readiness
+and the proxies connected to it (asked from its istiod pods, as ``istioctl proxy-status
+--revision R`` does).  A proxy count that cannot be read is null with the reason in
+``proxies_error``; the rest of the row still shows.  A remote-role cluster runs no
+istiod: its revisions are its injector webhooks, and its proxies are counted by its
+primary's istiod (``proxies_error`` says so instead of a number).  ``istio_version`` is
+the default revision's version, else the only one's (null when several run and no
+default tag points at one of them).  Namespaces whose labels name a revision that
+exists nowhere on the cluster are listed under that name and in ``revision_problems``.
+
 ``--json`` prints ``{"schema": "meshctl.status/v1", "clusters": [...]}``, one object
 per cluster with the fields of :class:`ClusterStatus` (keys only added within v1)::
 
     {"name", "role", "network", "reachable": bool, "istio_version": str | null,
      "links": [source, ...], "link_errors": ["<cluster>: Secret …: <field> …", ...],
      "cert_days_left": float | null, "east_west_address": str | null,
-     "error": str | null}
+     "error": str | null,
+     "revisions": [{"revision", "deployment": str | null, "version": str | null,
+                    "ready": bool | null, "proxies": int | null,
+                    "proxies_error": str | null, "tags": [tag, ...]}, ...],
+     "default_revision": str | null, "tags": {tag: revision},
+     "namespaces": {revision: [namespace, ...]}, "revision_problems": [str, ...]}
 """
 
 from __future__ import annotations
@@ -24,12 +40,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshctl import istio, kube
+from meshctl import kube, revisions
 from meshctl.ca import cacerts, certs
 from meshctl.config import Config
 from meshctl.errors import ClusterError
 from meshctl.kube import remote_kubeconfig
 from meshctl.mesh import install, remote_secret
+
+
+@dataclass(frozen=True)
+class RevisionStatus:
+    """One revision on one cluster: a control plane (primary) or an injector (remote)."""
+
+    revision: str
+    deployment: str | None  # None on a remote-role cluster (no istiod there)
+    version: str | None
+    ready: bool | None  # the Deployment's; None without one
+    proxies: int | None  # None: not counted here, see proxies_error
+    proxies_error: str | None = None
+    tags: tuple[str, ...] = field(default=())  # revision tags pointing at it
 
 
 @dataclass(frozen=True)
@@ -44,24 +73,59 @@ class ClusterStatus:
     cert_days_left: float | None = None
     east_west_address: str | None = None
     error: str | None = None
+    revisions: tuple[RevisionStatus, ...] = field(default=())
+    default_revision: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    namespaces: dict[str, list[str]] = field(default_factory=dict)
+    revision_problems: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _istio_version(k: kube.Kube, config: Config) -> str | None:
-    """The control plane's version label (set by istioctl), else its image tag."""
-    name = istio.istiod_name(config.mesh.istio.revision)
-    dep = k.get(f"/apis/apps/v1/namespaces/istio-system/deployments/{name}",
-                what=f"read Deployment istio-system/{name}")
-    if not dep:
-        return None
-    labelled = (dep["metadata"].get("labels") or {}).get("operator.istio.io/version")
-    if labelled:
-        return labelled
-    containers = dep["spec"]["template"]["spec"].get("containers") or [{}]
-    image = containers[0].get("image", "")
-    return image.rsplit(":", 1)[-1] if ":" in image else image or "unknown"
+def _proxies(k: kube.Kube, revision: str) -> tuple[int | None, str | None]:
+    """(count, None), or (None, why): one revision's unanswered port-forward must not
+    hide the rest of the row."""
+    try:
+        return revisions.connected_proxies(k, revision), None
+    except ClusterError as e:
+        return None, e.message
+
+
+def _revision_rows(k: kube.Kube, role: str,
+                   tags: dict[str, str]) -> tuple[RevisionStatus, ...]:
+    by_revision: dict[str, list[str]] = {}
+    for tag, rev in tags.items():
+        by_revision.setdefault(rev, []).append(tag)
+    if role == "remote":
+        return tuple(
+            RevisionStatus(rev, None, version, None, None,
+                           "no istiod on a remote-role cluster: its proxies are counted "
+                           "by its primary's istiod", tuple(by_revision.get(rev, ())))
+            for rev, version in revisions.injector_revisions(k).items())
+    rows = []
+    for cp in revisions.control_planes(k):
+        count, why = _proxies(k, cp.revision)
+        rows.append(RevisionStatus(cp.revision, cp.deployment, cp.version, cp.ready, count,
+                                   why, tuple(by_revision.get(cp.revision, ()))))
+    return tuple(rows)
+
+
+def istio_version(rows: tuple[RevisionStatus, ...], default: str | None) -> str | None:
+    """The default revision's version, else the only revision's; None when it is not
+    one version (several revisions, none the default)."""
+    versions = {r.revision: r.version for r in rows}
+    if default in versions:
+        return versions[default]
+    return next(iter(versions.values())) if len(versions) == 1 else None
+
+
+def _problems(cluster: str, namespaces: dict[str, list[str]],
+              rows: tuple[RevisionStatus, ...]) -> tuple[str, ...]:
+    known = {r.revision for r in rows}
+    return tuple(f"{cluster}: namespace(s) {', '.join(names)} select revision {rev!r}, "
+                 "which has no istiod or injector here: their new pods get no sidecar"
+                 for rev, names in namespaces.items() if rev not in known)
 
 
 def _links(k: kube.Kube) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -91,11 +155,17 @@ def one(config: Config, name: str) -> ClusterStatus:
         k = kube.client(cluster, deadline=min(15.0, kube.DEFAULT_DEADLINE))
         bundle = cacerts.read(k)
         links, link_errors = _links(k)
+        tags = revisions.tags(k)
+        rows = _revision_rows(k, cluster.role, tags)
+        namespaces = revisions.namespaces_by_revision(k, tag_map=tags)
+        default = tags.get(revisions.DEFAULT)
         return ClusterStatus(
-            **base, reachable=True, istio_version=_istio_version(k, config), links=links,
+            **base, reachable=True, istio_version=istio_version(rows, default), links=links,
             link_errors=link_errors,
             cert_days_left=round(certs.days_left(bundle.ca_cert), 1) if bundle else None,
-            east_west_address=install.east_west_address(k, cluster))
+            east_west_address=install.east_west_address(k, cluster),
+            revisions=rows, default_revision=default, tags=tags, namespaces=namespaces,
+            revision_problems=_problems(name, namespaces, rows))
     except ClusterError as e:  # a config error (bad kubeconfig) stays exit 2, not a row
         return ClusterStatus(**base, reachable=False, error=e.message)
 

@@ -157,7 +157,11 @@ def _dry_run(cfg: config.Config, plan: topology.Plan, out: Path) -> None:
     "cluster": "cluster to show (repeatable; default: all)",
     "json": "print one JSON document"})
 def status(c, cluster=None, json=False, clusters_dir=None):
-    """One table from the live clusters: roles, networks, Istio version, links, cert days."""
+    """One table from the live clusters: roles, networks, Istio revisions, links, cert days.
+
+    Per cluster: each Istio revision with its version, readiness and connected proxies,
+    where the default tag points, and the injected namespaces per revision.
+    """
     from meshctl.mesh import status as status_mod
 
     cfg = _common.load(clusters_dir)
