@@ -17,6 +17,8 @@ Everything meshctl sends to an API server goes through this package.  Callers us
 - :mod:`~meshctl.kube.remote_kubeconfig`: the allow-list parser for kubeconfigs read from
   a cluster (one server, its CA, an inline token); it never reaches a loader that could
   run an exec plugin or read a local file.
+- :mod:`~meshctl.kube.istiod`: istiod's debug endpoints through an API-server
+  port-forward to its pod, as istioctl reads them (imported as a module, not re-exported).
 
 Imports only :mod:`meshctl.config`, :mod:`meshctl.files`, :mod:`meshctl.ownership` and
 :mod:`meshctl.errors` from the rest of meshctl.
