@@ -128,17 +128,22 @@ def _label_one(k: kube.Kube, ns: str, wanted: Mapping[str, str | None],
     if live is None:
         made = k.get(_path(ns), what=f"read Namespace {ns}") or {"metadata": {}}
         _remember(k, mesh_id, ns, made, created=True)
+    done = [] if result == "unchanged" else [result]
     if absent:  # what the apply did not release is someone else's: removed by patch
         after = _labels(k.get(_path(ns), what=f"read Namespace {ns}"))
-        _remove(k, ns, [key for key in absent if key in after])
+        theirs = [key for key in absent if key in after]
+        _remove(k, ns, theirs)
+        done += [f"removed {key}, set by another manager" for key in theirs]
     whose = "" if ours else " (not meshctl's)"
-    return f"Namespace {ns}{whose}: {_shown(wanted)} ({result})"
+    return f"Namespace {ns}{whose}: {_shown(wanted)} ({'; '.join(done) or 'updated'})"
 
 
 def ensure(k: kube.Kube, namespaces: Sequence[str], revision: str,
            mesh_id: str) -> list[str]:
     """Put :func:`labels_for` ``revision`` on each namespace; what changed (empty when
-    nothing did: a re-run sends no write)."""
+    nothing did: a re-run sends no write).  ``istio-system`` is skipped: install applies
+    that namespace with its own set of fields under the same field manager, and each
+    apply would drop the other's."""
     wanted = labels_for(revision)
     changed = []
     for ns in namespaces:
