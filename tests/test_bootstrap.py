@@ -219,6 +219,17 @@ def test_topology_bootstrap_then_teardown(tmp_path: Path, mesh3, roles, networks
     rows = {r["name"]: r for r in json.loads(status.stdout)["clusters"]}
     assert rows["cluster1"]["istio_version"] == built_istio_version(mesh3)
     assert rows["cluster1"]["cert_days_left"] > 700
+    assert [r["revision"] for r in rows["cluster1"]["revisions"]] == ["default"]
+    assert rows["cluster1"]["revisions"][0]["deployment"] == "istiod"
+    for name in remotes:
+        if roles.get(name) != "remote":
+            continue
+        # no istiod there: its revisions are its injector webhooks, its proxies the main's
+        revs = rows[name]["revisions"]
+        assert [r["revision"] for r in revs] == ["default"], revs
+        assert revs[0]["deployment"] is None and revs[0]["proxies"] is None
+        assert "primary's istiod" in revs[0]["proxies_error"]
+        assert rows[name]["istio_version"] == built_istio_version(mesh3)
 
     down = run(mesh3, "teardown", *args, "--yes")
     assert down.returncode == 0, down.stderr[-3000:]
