@@ -51,20 +51,22 @@ def has_proxy(pod: Mapping[str, Any]) -> bool:
                for c in (spec.get("containers") or []) + (spec.get("initContainers") or []))
 
 
-def find(*, timeout: float = VERSION_TIMEOUT) -> Istioctl:
-    """``$MESHCTL_ISTIOCTL``, else ``istioctl`` on PATH, with its client version.
+def find(*, timeout: float = VERSION_TIMEOUT, flag: str | None = None) -> Istioctl:
+    """``flag`` (``--istioctl PATH``), else ``$MESHCTL_ISTIOCTL``, else ``istioctl`` on
+    PATH, with its client version.
 
     Every way the program can fail to say its version is one line naming it: not found
     or not executable (exit 2, naming ``$MESHCTL_ISTIOCTL`` when that chose it), no
     answer within ``timeout`` (a hung or wrong program), a start that fails (not a
     binary for this machine), output that is not istioctl's JSON (exit 3).
     """
-    configured = envvars.text(ENV)
+    configured = flag or envvars.text(ENV)
     path = Path(configured) if configured else None
     if path is None:
         found = shutil.which("istioctl")
         path = Path(found) if found else None
-    where = f"{ENV}={configured}" if configured else "PATH"
+    where = (f"--istioctl {flag}" if flag else f"{ENV}={configured}" if configured
+             else "PATH")
     if path is None or not path.is_file() or not os.access(path, os.X_OK):
         raise UsageError(f"istioctl not found ({where})",
                          hint=f"install istioctl, or set {ENV}; 'invoke sandbox.build' "

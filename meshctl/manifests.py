@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from meshctl import istio
+from meshctl import istio, ownership
 from meshctl.config import Config
 from meshctl.render import deep_merge, render, split  # noqa: F401  (manifests.render/split)
 from meshctl.topology import ClusterPlan, Plan, east_west_placeholder
@@ -22,19 +22,23 @@ def istiod_host(revision: str) -> str:
 
 
 def istio_operator(config: Config, plan: Plan, cluster: ClusterPlan, *,
-                   main_address: str | None = None) -> str:
+                   main_address: str | None = None, revision: str | None = None) -> str:
     """The cluster's IstioOperator, with ``mesh.yaml``'s ``istio.values`` merged over ours.
 
     For a remote-role cluster ``main_address`` is the main's east-west address; until
     it is known (dry-run) the plan's named placeholder stands in its place.
+    ``revision`` (default: mesh.yaml's) is the one an upgrade installs beside it; each
+    revision's operator has its own name (``ownership.control_plane_operator``).
     """
     remote_pilot = None
     if cluster.control_plane:
         remote_pilot = main_address or east_west_placeholder(cluster.control_plane)
+    revision = config.mesh.istio.revision if revision is None else revision
     text = render(
         "istio-operator.yaml.j2",
+        name=ownership.control_plane_operator(cluster.name, revision),
         cluster=cluster.name, network=cluster.network, mesh_id=plan.mesh_id,
-        trust_domain=config.mesh.trust_domain, revision=config.mesh.istio.revision,
+        trust_domain=config.mesh.trust_domain, revision=revision,
         external_istiod=cluster.expose_istiod, remote_pilot_address=remote_pilot,
         sidecar_cpu=config.mesh.istio.sidecar.cpu,
         sidecar_memory=config.mesh.istio.sidecar.memory,
@@ -47,9 +51,13 @@ def istio_operator(config: Config, plan: Plan, cluster: ClusterPlan, *,
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def eastwest_gateway(config: Config, cluster: ClusterPlan) -> str:
+def eastwest_gateway(config: Config, cluster: ClusterPlan, *,
+                     revision: str | None = None) -> str:
+    """The east-west gateway's IstioOperator; ``revision`` (default: mesh.yaml's) is the
+    control plane its proxies use.  One name for every revision: the gateway is upgraded
+    in place, as Istio documents for gateways."""
     return render("eastwest-gateway.yaml.j2", cluster=cluster.name, network=cluster.network,
-                  revision=config.mesh.istio.revision)
+                  revision=config.mesh.istio.revision if revision is None else revision)
 
 
 def namespace(cluster: ClusterPlan, mesh_id: str) -> str:
@@ -62,9 +70,16 @@ def expose_services(mesh_id: str) -> str:
     return render("expose-services.yaml.j2", mesh_id=mesh_id)
 
 
-def expose_istiod(config: Config) -> str:
-    return render("expose-istiod.yaml.j2", istiod_host=istiod_host(config.mesh.istio.revision),
-                  mesh_id=config.mesh.mesh_id)
+def expose_istiod(config: Config, *, serving: str | None = None,
+                  also: tuple[str, ...] = ()) -> str:
+    """The main's istiod through its east-west gateway: ``serving`` (default mesh.yaml's
+    revision) takes every call, and each revision in ``also`` (an upgrade's target) the
+    xDS calls whose SNI names it."""
+    serving = config.mesh.istio.revision if serving is None else serving
+    hosts = [{"sni": f"{istio.istiod_name(r)}.istio-system.svc", "host": istiod_host(r)}
+             for r in also if r != serving]
+    return render("expose-istiod.yaml.j2", istiod_host=istiod_host(serving),
+                  revision_hosts=hosts, mesh_id=config.mesh.mesh_id)
 
 
 def install_record(record: Mapping[str, str], mesh_id: str) -> str:

@@ -20,6 +20,7 @@ Pure: no I/O here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,8 @@ FIELD_MANAGER = "meshctl"
 # meshctl's own (never one read from the cluster or the install record), apart from
 # FIELD_MANAGER so that a later apply's conflict says the value came from a restore
 RESTORE_FIELD_MANAGER = "meshctl-restore"
+# an Istio revision: a DNS label short enough for istiod-<revision>
+_REVISION = re.compile(r"[a-z0-9]([-a-z0-9]{0,53}[a-z0-9])?")
 
 
 def labels(mesh_id: str) -> dict[str, str]:
@@ -71,10 +74,32 @@ def without_ownership(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def operator_names(cluster: str) -> tuple[str, ...]:
-    """The IstioOperator names meshctl installs on ``cluster`` (control plane, gateway)."""
+    """The IstioOperator names meshctl installs on ``cluster`` (control plane, gateway)
+    without a revision; :func:`control_plane_operator` names a revision's."""
     return (f"meshctl-{cluster}", f"meshctl-eastwest-{cluster}")
+
+
+def control_plane_operator(cluster: str, revision: str = "") -> str:
+    """The IstioOperator name of ``cluster``'s control plane at ``revision``.
+
+    One name per revision, because during an upgrade two control planes stand side by
+    side and istioctl prunes by the owning IstioOperator's name: each revision's objects
+    must carry their own.  The unrevisioned one keeps the name meshctl always gave it.
+    """
+    return f"meshctl-{cluster}-{revision}" if revision else f"meshctl-{cluster}"
+
+
+def is_meshctl_operator(name: object, cluster: str) -> bool:
+    """True when ``name`` is one of meshctl's IstioOperator names on ``cluster``: the
+    control plane (any revision's) or the east-west gateway."""
+    if not isinstance(name, str):
+        return False
+    if name in operator_names(cluster):
+        return True
+    revision = name.removeprefix(f"meshctl-{cluster}-")
+    return revision != name and bool(_REVISION.fullmatch(revision))
 
 
 def installed_by_meshctl(obj: Mapping[str, Any] | None, cluster: str) -> bool:
     """True when istioctl rendered ``obj`` from one of meshctl's IstioOperators."""
-    return _labels(obj).get(OWNING_RESOURCE) in operator_names(cluster)
+    return is_meshctl_operator(_labels(obj).get(OWNING_RESOURCE), cluster)

@@ -86,7 +86,7 @@ def _namespace_conflict(k: Kube, plan: Plan, name: str) -> str | None:
 
 
 def _record_problem(cm: Mapping | None, plan: Plan, name: str,
-                    ctl: istio.Istioctl) -> str | None:
+                    ctl: istio.Istioctl, revision: str | None = None) -> str | None:
     """The install record is cluster data: its shape and mesh are checked before it is
     carried forward, and one without meshctl's label would be refused at its first write."""
     if cm is not None and not ownership.is_managed(cm):
@@ -95,7 +95,7 @@ def _record_problem(cm: Mapping | None, plan: Plan, name: str,
     problem = install_record.problem(cm, cluster=name, mesh_id=plan.mesh_id)
     if problem:
         return problem
-    version = install.version_problem(install.record_data(cm), ctl)
+    version = install.version_problem(install.record_data(cm), ctl, revision)
     return f"{name}: {version}" if version else None
 
 
@@ -157,7 +157,8 @@ def gather(config: Config, plan: Plan, *, skip_preflight: bool = False, force: b
              "run Istio'"] if problems else []
     cms = each(names, lambda n: install.read_record(clients[n]))
     records = {n: install.record_data(cms[n]) for n in names}
-    stale = [p for n in names if (p := _record_problem(cms[n], plan, n, ctl))]
+    stale = [p for n in names if (p := _record_problem(cms[n], plan, n, ctl,
+                                                             config.mesh.istio.revision))]
     if stale:
         hints.append("use the istioctl and clusters folder that installed it")
     conflicts = [] if force else [

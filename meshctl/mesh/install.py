@@ -28,7 +28,7 @@ from meshctl import istio, kube, manifests, ownership
 from meshctl.config import Cluster, Config
 from meshctl.errors import CheckFailed
 from meshctl.kube import connection
-from meshctl.mesh import install_record
+from meshctl.mesh import install_record, upgrade_record
 from meshctl.topology import ClusterPlan, Plan
 
 NS = "istio-system"
@@ -212,12 +212,39 @@ class Component:
     deployment: str | None  # what must be Available afterwards (None: remote profile)
 
 
-def version_problem(rec: Mapping[str, str], ctl: istio.Istioctl) -> str | None:
-    """Why this istioctl must not touch what another istioctl version installed."""
+def serving_revision(rec: Mapping[str, str]) -> str | None:
+    """The revision of the control plane the (checked) record says meshctl installed:
+    ``spec.revision`` of its recorded IstioOperator; None when there is none."""
+    text = rec.get(OPERATOR_PREFIX + install_record.CONTROL_PLANE)
+    if not text:
+        return None
+    doc = yaml.safe_load(text)
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    revision = spec.get("revision", "") if isinstance(spec, dict) else ""
+    return revision if isinstance(revision, str) else ""
+
+
+def version_problem(rec: Mapping[str, str], ctl: istio.Istioctl,
+                    revision: str | None = None) -> str | None:
+    """Why this istioctl must not touch what another istioctl version installed, or
+    (given mesh.yaml's ``revision``) why bootstrap must not run on this record at all:
+    an upgrade is open, or one has moved the mesh to another revision."""
+    state = upgrade_record.parse(rec)
+    if state is not None and not (state.done and state.stage in ("finish", "rollback")):
+        return (f"an Istio upgrade to revision {state.to_revision} is in progress (stage "
+                f"{state.stage}{'' if state.done else ', not done'}): finish it "
+                "(upgrade --finish) or roll it back (upgrade --rollback) first")
+    serving = serving_revision(rec)
+    if revision is not None and serving is not None and serving != revision:
+        wanted = serving or '""'
+        return (f"the mesh runs Istio revision {serving or 'default'} (after an upgrade), "
+                f"mesh.yaml says {revision or 'default'}: set istio.revision: {wanted} "
+                "in mesh.yaml")
     was = rec.get(REC_VERSION)
     if was and was != ctl.version:
         return (f"Istio was installed by istioctl {was}; this is istioctl {ctl.version} "
-                f"({ctl.path}), and meshctl does not upgrade Istio in place yet")
+                f"({ctl.path}): run with that istioctl, or upgrade the mesh to this one "
+                "with 'invoke upgrade --to <revision> --istioctl PATH'")
     return None
 
 

@@ -40,7 +40,14 @@ from meshctl.ca import cacerts, pki, rotation_state
 from meshctl.config import Config
 from meshctl.errors import CheckFailed, MeshctlError, one_line
 from meshctl.kube import Kube
-from meshctl.mesh import injection, install, install_record, remote_secret, strangers
+from meshctl.mesh import (
+    injection,
+    install,
+    install_record,
+    remote_secret,
+    strangers,
+    upgrade_record,
+)
 from meshctl.topology import Plan
 
 NS = install.NS
@@ -116,11 +123,19 @@ def _uninstall(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name: s
     is rendered with its placeholder address: uninstall reads no address.
     """
     cp = plan.get(name)
+    state = upgrade_record.parse(rec)  # mid-upgrade, the new revision goes as well
+    target = state.to_revision if state else None
+    serving = install.serving_revision(rec)  # after an upgrade, not mesh.yaml's
+    serving = config.mesh.istio.revision if serving is None else serving
     renders = {install_record.EASTWEST: lambda: manifests.eastwest_gateway(config, cp),
-               install_record.CONTROL_PLANE: lambda: manifests.istio_operator(config, plan, cp)}
+               upgrade_record.TARGET: lambda: manifests.istio_operator(
+                   config, plan, cp, revision=target),
+               install_record.CONTROL_PLANE: lambda: manifests.istio_operator(
+                   config, plan, cp, revision=serving)}
     for key, render in renders.items():  # the control plane last
         if key not in rec and install.OPERATOR_PREFIX + key not in rec:
             continue
+        revision = (target or "") if key == upgrade_record.TARGET else serving
         progress(name, f"istioctl uninstall ({key}) …")
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshctl-iop-") as f:
             f.write(render())
@@ -128,7 +143,7 @@ def _uninstall(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name: s
             istio.run(ctl, config.clusters[name], ["uninstall", "-y", "-f", f.name],
                       what="istioctl uninstall")
         report.removed.append(f"Istio ({key}, istioctl uninstall -f "
-                              f"{install_record.operator_name(name, key)})")
+                              f"{install_record.operator_name(name, key, revision)})")
 
 
 def _cacerts(k: Kube, config: Config, report: Report) -> None:

@@ -174,8 +174,7 @@ def operator_from(iop: Mapping[str, Any]) -> Found:
 def is_meshctl_operator(name: str, cluster: str) -> bool:
     """meshctl's IstioOperator names, and the ``installed-state-<name>`` copies that
     istioctl before 1.24 stored in the cluster for a named IstioOperator."""
-    ours = ownership.operator_names(cluster)
-    return name in ours or name in {f"installed-state-{n}" for n in ours}
+    return ownership.is_meshctl_operator(name.removeprefix("installed-state-"), cluster)
 
 
 def webhook_from(mwc: Mapping[str, Any]) -> Found | None:

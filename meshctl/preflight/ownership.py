@@ -54,8 +54,8 @@ SHOWN = 3  # findings named in one message; --json has them all
 
 def mine(facts: Facts, obj: Found) -> bool:
     """Rendered by istioctl from one of meshctl's IstioOperators, on a recorded cluster."""
-    return facts.istio_found.record and obj.owner in ownership.operator_names(
-        facts.cluster.name)
+    return facts.istio_found.record and ownership.is_meshctl_operator(
+        obj.owner, facts.cluster.name)
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -78,7 +78,7 @@ def _foreign(facts: Facts, check: str, what: str, items: list[str], note: str = 
 
 def _no_record_note(facts: Facts, objs: Sequence[Found]) -> str:
     """Why a meshctl-named object still does not count as meshctl's."""
-    named = any(o.owner in ownership.operator_names(facts.cluster.name) for o in objs)
+    named = any(ownership.is_meshctl_operator(o.owner, facts.cluster.name) for o in objs)
     return (f" (named for meshctl, but there is no {ownership.MANAGED_BY}={ownership.MANAGER}"
             " install record istio-system/meshctl-install)"
             if named and not facts.istio_found.record else "")

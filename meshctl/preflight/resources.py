@@ -164,3 +164,30 @@ def _fix(nodes: list[cap.Node], placed: cap.Placement) -> str:
         fix += (f", or start minikube with --cpus={total_cores} "
                 f"--memory={math.ceil(total_gib)}g")
     return fix
+
+
+def revision_check(facts: Facts, config: Config, revision: str) -> Result:
+    """Can a second istiod (an upgrade's revision ``revision``) run beside everything that
+    runs now?  The install check's placement with only that istiod demanded: its pods
+    are new, while the old revision's stay until the upgrade finishes."""
+    if facts.nodes_error or facts.pods_error:
+        why = facts.nodes_error or facts.pods_error
+        return result(facts, "upgrade resources", FAIL, f"cannot read nodes and pods: {why}",
+                      hint="the context needs 'list nodes' and 'list pods' (all namespaces)")
+    pilot = config.mesh.istio.values.get("pilot") or {}
+    cpu, mem = _requests(pilot, ISTIOD)
+    items = [cap.Item(f"istiod-{revision}#{i + 1}", cpu, mem, first=True)
+             for i in range(_replicas(pilot))]
+    nodes = merged_nodes(facts)
+    placed = cap.place(nodes, items)
+    numbers = _numbers(nodes, items, placed, 0)
+    if placed.ok:
+        return result(facts, "upgrade resources", PASS,
+                      f"istiod-{revision} fits: needs {cap.fmt_cpu(numbers['demandCpuMilli'])} "
+                      f"CPU/{cap.fmt_memory(numbers['demandMemoryBytes'])}; free "
+                      f"{cap.fmt_cpu(numbers['freeCpuMilli'])} CPU/"
+                      f"{cap.fmt_memory(numbers['freeMemoryBytes'])} on "
+                      f"{numbers['eligibleNodes']} node(s)", **numbers)
+    message, hint = _deficit(nodes, items, placed)
+    return result(facts, "upgrade resources", FAIL, f"a second istiod (istiod-{revision}) "
+                  f"does not fit: {message}", hint=hint, **numbers)

@@ -8,8 +8,9 @@ configuration, 3 cluster/API/istioctl).
 
 from invoke import Collection
 
-from meshctl.tasks import certs, mesh, sandbox
+from meshctl.tasks import certs, mesh, sandbox, upgrade
 
 namespace = Collection.from_module(mesh)
+namespace.add_task(upgrade.upgrade)
 namespace.add_collection(Collection.from_module(certs))
 namespace.add_collection(Collection.from_module(sandbox))

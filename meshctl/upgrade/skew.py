@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 from meshctl import versions
 from meshctl.errors import one_line
+from meshctl.mesh import upgrade_record
 
-STAGES = ("start", "move", "finish", "rollback")
+STAGES = upgrade_record.STAGES
 CLOSING = ("finish", "rollback")  # once done, no upgrade is in progress
 MAX_JUMP = 2  # minors per revision upgrade
 MAX_PROXY_LAG = 1  # minors a control plane may be ahead of its proxies
