@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from meshctl import names, ownership
+from meshctl.mesh import upgrade_record
 
 WHAT = "install record istio-system/meshctl-install"
 MESH = "mesh"
@@ -78,10 +79,22 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def operator_name(cluster: str, key: str) -> str:
+def operator_name(cluster: str, key: str, revision: str = "") -> str:
     """The IstioOperator name meshctl gives component ``key`` on ``cluster``."""
-    control_plane, eastwest = ownership.operator_names(cluster)
-    return control_plane if key == CONTROL_PLANE else eastwest
+    return operator_names(cluster, key, revision)[0]
+
+
+def operator_names(cluster: str, key: str, revision: str = "") -> tuple[str, ...]:
+    """The names component ``key`` at ``revision`` may have: the gateway one name for
+    every revision (it is upgraded in place); a revision's control plane its own name,
+    or (installed before names carried the revision) ``meshctl-<cluster>``."""
+    if key == EASTWEST:
+        return (ownership.operator_names(cluster)[1],)
+    named = ownership.control_plane_operator(cluster, revision)
+    legacy = ownership.control_plane_operator(cluster)
+    if key == upgrade_record.TARGET:
+        return (named,)
+    return (named,) if named == legacy else (named, legacy)
 
 
 def _label_value(value: str) -> bool:
@@ -180,10 +193,15 @@ def _operator_problem(text: str, key: str, data: Mapping[str, str], cluster: str
     if doc.get("apiVersion") != IOP_API_VERSION or doc.get("kind") != "IstioOperator" \
             or not isinstance(meta, dict):
         return "is not an IstioOperator"
-    want = operator_name(cluster, key)
-    if meta.get("name") != want or meta.get("namespace", "istio-system") != "istio-system" \
-            or set(meta) - {"name", "namespace"}:
-        return f"is not meshctl's IstioOperator istio-system/{want}"
+    spec = doc.get("spec")
+    revision = spec.get("revision", "") if isinstance(spec, dict) else ""
+    if not isinstance(revision, str) or (revision and not names.dns_label(
+            revision, longest=names.REVISION_MAX)):
+        return "names a revision that is not a DNS label"
+    wants = operator_names(cluster, key, revision)
+    if meta.get("name") not in wants or meta.get("namespace", "istio-system") != \
+            "istio-system" or set(meta) - {"name", "namespace"}:
+        return f"is not meshctl's IstioOperator istio-system/{wants[0]}"
     return None
 
 
@@ -206,9 +224,12 @@ def _value_problem(key: str, value: str, data: Mapping[str, str], *, cluster: st
         return _injection_problem(value)
     if key == CRDS:
         return None if value in ("installed", "existing") else "is not installed or existing"
-    if key in COMPONENTS:
+    if key == upgrade_record.KEY:
+        return upgrade_record.problem(value)
+    if key in COMPONENTS or key == upgrade_record.TARGET:
         return None if SHA256.fullmatch(value) else "is not a SHA-256"
-    if key.startswith(OPERATOR_PREFIX) and key.removeprefix(OPERATOR_PREFIX) in COMPONENTS:
+    if key.startswith(OPERATOR_PREFIX) and key.removeprefix(OPERATOR_PREFIX) in (
+            *COMPONENTS, upgrade_record.TARGET):
         return _operator_problem(value, key.removeprefix(OPERATOR_PREFIX), data, cluster)
     return "is not a key meshctl writes"
 
