@@ -214,9 +214,18 @@ def _start_one(sb: Sandbox, w: Workload, facts: wc.MeshFacts, api: Any, links: P
     # grpc-go's own word that istiod's listener arrived.  Not the echo server's "ready"
     # line: its self-check calls in plaintext, which a STRICT mesh refuses.
     serving = f'Listener "{w.ip}:{PORT}" entering mode: "SERVING"'
-    _wait(f"{w.cluster}: echo server of {w.namespace}/{w.service} {w.version} serving",
-          lambda: serving in server.log.read_text(errors="replace"),
-          server, START_TIMEOUT)
+    refused = f'Listener "{w.ip}:{PORT}" entering mode: "NOT_SERVING"'
+    what = f"{w.cluster}: echo server of {w.namespace}/{w.service} {w.version} serving"
+    _wait(what, lambda: any(s in server.log.read_text(errors="replace")
+                            for s in (serving, refused)), server, START_TIMEOUT)
+    if serving not in server.log.read_text(errors="replace"):
+        # Some istiod builds (the previous Istio that upgrade tests start from) send a
+        # proxyless server no inbound listener until a Service selects it: register
+        # first, then wait for SERVING.  Start it before callers need it.
+        wc.register(api, w, facts)
+        _wait(what, lambda: serving in server.log.read_text(errors="replace"), server,
+              START_TIMEOUT)
+        return w
     wc.register(api, w, facts)
     return w
 
