@@ -61,7 +61,8 @@ def find(*, timeout: float = VERSION_TIMEOUT, flag: str | None = None) -> Istioc
     binary for this machine), output that is not istioctl's JSON (exit 3).
     """
     configured = flag or envvars.text(ENV)
-    path = Path(configured) if configured else None
+    # absolute: a relative path without a slash would be looked up on PATH when run
+    path = Path(configured).absolute() if configured else None
     if path is None:
         found = shutil.which("istioctl")
         path = Path(found) if found else None
@@ -80,7 +81,8 @@ def find(*, timeout: float = VERSION_TIMEOUT, flag: str | None = None) -> Istioc
                            "it istioctl?") from None
     except OSError as e:
         raise UsageError(f"{path} ({where}): cannot run it: {e.strerror or type(e).__name__}",
-                         hint=f"point {ENV} at an istioctl built for this machine") from None
+                         hint=f"point {'--istioctl' if flag else ENV} at an istioctl built "
+                              "for this machine") from None
     try:
         version = json.loads(result.stdout)["clientVersion"]["version"]
     except (ValueError, KeyError, TypeError):
