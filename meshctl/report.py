@@ -130,7 +130,22 @@ def status_notes(rows: list[Any]) -> list[str]:
               for r in rows for x in getattr(r, "revisions", ())
               if x.proxies_error and x.deployment is not None]
     lines += [f"❌ {line}" for r in rows for line in getattr(r, "revision_problems", ())]
+    lines += [_upgrade_note(r.name, up) for r in rows if (up := getattr(r, "upgrade", None))]
     return lines
+
+
+def _upgrade_note(cluster: str, up: dict[str, Any]) -> str:
+    """One line per cluster on the upgrade its record holds: mixed versions are expected
+    while it is open, and said so."""
+    closing = up["stage"] in ("finish", "rollback") and up["done"]
+    sides = (f"revision {up['from_revision'] or 'default'} ({up['from_version']}) -> "
+             f"{up['to_revision']} ({up['to_version']})")
+    if closing:
+        return f"ℹ️  {cluster}: last upgrade {sides}: {up['stage']} done"
+    moved = f"; moved: {', '.join(up['moved'])}" if up["moved"] else ""
+    return (f"🔄 {cluster}: upgrade in progress, {sides}: {up['stage']} "
+            f"{'done' if up['done'] else 'not complete'}{moved}; both versions run until "
+            "finish (accepted during an upgrade)")
 
 
 # --- certs.status (issue 6) ------------------------------------------------------------

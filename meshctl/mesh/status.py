@@ -31,7 +31,13 @@ per cluster with the fields of :class:`ClusterStatus` (keys only added within v1
                     "ready": bool | null, "proxies": int | null,
                     "proxies_error": str | null, "tags": [tag, ...]}, ...],
      "default_revision": str | null, "tags": {tag: revision},
-     "namespaces": {revision: [namespace, ...]}, "revision_problems": [str, ...]}
+     "namespaces": {revision: [namespace, ...]}, "revision_problems": [str, ...],
+     "upgrade": {"from_revision", "to_revision", "from_version", "to_version", "stage",
+                 "done": bool, "moved": [namespace, ...]} | null}
+
+``upgrade`` is what this cluster's install record says of an upgrade in progress (or the
+last one): while it is open the cluster runs two revisions of two versions, which is
+expected then and shown as such (``report.status_notes``).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from meshctl.ca import cacerts, certs
 from meshctl.config import Config
 from meshctl.errors import ClusterError
 from meshctl.kube import remote_kubeconfig
-from meshctl.mesh import install, remote_secret
+from meshctl.mesh import install, remote_secret, upgrade_record
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class ClusterStatus:
     tags: dict[str, str] = field(default_factory=dict)
     namespaces: dict[str, list[str]] = field(default_factory=dict)
     revision_problems: tuple[str, ...] = field(default=())
+    upgrade: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +155,12 @@ def _links(k: kube.Kube) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(sorted(found)), tuple(refused)
 
 
+def _upgrade(k: kube.Kube) -> dict[str, Any] | None:
+    """The install record's upgrade entry, as checked by its own rules (None: none)."""
+    up = upgrade_record.parse(install.recorded(k))
+    return None if up is None else {**asdict(up), "moved": list(up.moved)}
+
+
 def one(config: Config, name: str) -> ClusterStatus:
     cluster = config.clusters[name]
     base = {"name": name, "role": cluster.role, "network": cluster.network}
@@ -165,7 +178,7 @@ def one(config: Config, name: str) -> ClusterStatus:
             cert_days_left=round(certs.days_left(bundle.ca_cert), 1) if bundle else None,
             east_west_address=install.east_west_address(k, cluster),
             revisions=rows, default_revision=default, tags=tags, namespaces=namespaces,
-            revision_problems=_problems(name, namespaces, rows))
+            revision_problems=_problems(name, namespaces, rows), upgrade=_upgrade(k))
     except ClusterError as e:  # a config error (bad kubeconfig) stays exit 2, not a row
         return ClusterStatus(**base, reachable=False, error=e.message)
 
