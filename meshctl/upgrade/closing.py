@@ -17,7 +17,7 @@ from meshctl import istio, revisions
 from meshctl.errors import CheckFailed
 from meshctl.mesh import facts, injection, install, install_record, upgrade_record
 from meshctl.mesh.upgrade_record import Upgrade
-from meshctl.upgrade import state, steps
+from meshctl.upgrade import skew, state, steps
 from meshctl.upgrade.stages import all_moved, eastwest, refuse
 from meshctl.upgrade.steps import Run
 
@@ -95,6 +95,20 @@ def _adopt_target(run: Run, name: str, up: Upgrade) -> None:
     steps.put(run, name, updates)
 
 
+def _no_newer_proxies_left(run: Run, up: Upgrade) -> None:
+    """Before the new revision goes: no proxy may still use it.  Its proxies run the new
+    version; once their istiod is gone they would reconnect to the old one, a data
+    plane newer than its control plane, which Istio does not support."""
+    still = {n: c for n, c in facts.each(run.primaries(), lambda n: revisions.connected_proxies(
+        run.clients[n], up.to_revision)).items() if c}
+    if still:
+        shown = ", ".join(f"{n}: {c}" for n, c in sorted(still.items()))
+        why = skew.data_plane_problem(control=up.from_version, proxy=up.to_version)
+        raise CheckFailed(f"proxies still connect to revision {up.to_revision} ({shown})"
+                          + (f": {why}" if why else ""),
+                          hint="restart them (kubectl rollout restart) and re-run --rollback")
+
+
 def rollback(run: Run, old_ctl: istio.Istioctl) -> Upgrade:
     """Namespaces back to the old revision, gateways and control plane reinstalled with
     the old istioctl, then the new revision removed (remotes first)."""
@@ -134,6 +148,8 @@ def rollback(run: Run, old_ctl: istio.Istioctl) -> Upgrade:
 
     facts.each(run.primaries(), back)
     facts.each(run.remotes(), back)
+    if not run.dry_run:
+        _no_newer_proxies_left(run, up)
     for name in run.remotes() + run.primaries():
         steps.remove_revision(run, old_ctl, name, up.to_revision)
     if not run.dry_run:
