@@ -60,6 +60,50 @@ def _down_all() -> None:
 atexit.register(_down_all)
 
 
+SLOT_ENV = "MESHCTL_SANDBOX_SLOT"
+MAX_SLOT = 9  # meshctl/sandbox/cluster.py: slot()
+
+# Why this worker cannot have a slot of its own (``worker_slot``), reported only when a
+# test asks for the sandbox: the fast tier runs on workers too and needs no slot.
+_SLOT_PROBLEM: list[str] = []
+
+
+def worker_slot(base: str | None, worker_id: str) -> int:
+    """The sandbox slot of pytest-xdist worker ``gwN``: the run's base slot plus N.
+
+    Two workers (``pytest -m sandbox -n 2``) start their clusters at the same time; each
+    slot has its own node addresses, Service ranges and workload addresses, so slots
+    ``base`` and ``base + 1`` never bind the same address.  ``base`` is the slot the
+    user set (``$MESHCTL_SANDBOX_SLOT``, default 0).  Raises ValueError, in words, when
+    the base is not a slot or the worker's slot would be past the last one.
+    """
+    raw = "0" if base is None else base
+    if not raw.isdigit() or int(raw) > MAX_SLOT:
+        raise ValueError(f"{SLOT_ENV}={raw!r}: expected a number from 0 to {MAX_SLOT}")
+    if not (worker_id.startswith("gw") and worker_id[2:].isdigit()):
+        raise ValueError(f"pytest-xdist worker id {worker_id!r} is not gw<N>")
+    mine = int(raw) + int(worker_id[2:])
+    if mine > MAX_SLOT:
+        raise ValueError(f"pytest-xdist worker {worker_id} with {SLOT_ENV}={raw} would need "
+                         f"slot {mine}; slots go to {MAX_SLOT} (lower the slot or -n)")
+    return mine
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On a pytest-xdist worker, give this process (and its children) a slot of its own.
+
+    ``workerinput`` exists only in xdist workers, not in a child pytest that a test runs
+    (which inherits the worker's environment, slot already set, and must keep it).
+    """
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None:
+        return
+    try:
+        os.environ[SLOT_ENV] = str(worker_slot(os.environ.get(SLOT_ENV), worker))
+    except ValueError as e:
+        _SLOT_PROBLEM.append(str(e))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Covers Ctrl-C: pytest may skip fixture teardown but always finishes the session."""
     _down_all()
@@ -114,6 +158,8 @@ def require_bin(names: Sequence[str] = sandbox_build.CURRENT) -> Path:
     By default the previous Istio (for upgrade tests) is not required.
     """
     _require_sandbox_marker("the sandbox binaries")
+    if _SLOT_PROBLEM:
+        pytest.fail(_SLOT_PROBLEM[0], pytrace=False)
     found = sandbox_build.locate(names)
     if found is not None:
         return found
