@@ -44,7 +44,7 @@ from tests.test_istiod import eventually
 pytestmark = pytest.mark.sandbox
 NEW = "canary"
 NS = "shop"
-PORT = 18080
+PORT = wl.PORT
 NAMES = ("cluster1", "cluster2")
 
 
@@ -201,6 +201,11 @@ class Caller(threading.Thread):
         return old
 
 
+def _key(obj: dict[str, Any], key: str) -> Any:
+    """istioctl's JSON names some keys in Go's case (``Revision``), some in JSON's."""
+    return obj.get(key, obj.get(key.capitalize()))
+
+
 def roll(sb: sbx.Sandbox, w: wl.Workload) -> wl.Workload:
     """A rolling restart of one server: the new replica (injected by whatever revision
     its namespace names now) up and registered, then the old one deregistered, given
@@ -233,7 +238,24 @@ def test_multi_primary_upgrade_keeps_calls_flowing_and_converges_after_kill(
                               1, "no upgrade is in progress")
     assert_one_line_error(m.upgrade("--rollback", "--istioctl", m.old, ok=False), 1,
                           "no upgrade is in progress")
+    # skew: the same build is nothing to upgrade to; a jump of three minors is refused
+    # (the versions as the clusters' records carry them; nothing is installed either way)
+    assert_one_line_error(m.upgrade("--to", NEW, "--istioctl", m.old, ok=False), 1,
+                          "nothing to upgrade to")
+    assert_one_line_error(m.upgrade("--to", "default", "--istioctl", m.new, ok=False), 2,
+                          "not 'default'")
     assert m.written() == before
+    patch = json.dumps({"data": {"istioctl-version": "1.28.2"}})
+    for name in NAMES:
+        m.kubectl(name, "patch", "cm", "meshctl-install", "-n", "istio-system", "--type",
+                  "merge", "-p", patch)
+    before = m.written()
+    assert_one_line_error(m.upgrade("--to", NEW, "--istioctl", m.new, ok=False), 1,
+                          "jumps 3 minors")
+    assert m.written() == before
+    for name in NAMES:
+        m.kubectl(name, "patch", "cm", "meshctl-install", "-n", "istio-system", "--type",
+                  "merge", "-p", json.dumps({"data": {"istioctl-version": old_tag}}))
 
     # real workloads: echo v1 in cluster2 only, a caller in cluster1
     server = wl.start(sb, cluster="cluster2", namespace=NS, service="echo", version="v1")[0]
@@ -242,6 +264,9 @@ def test_multi_primary_upgrade_keeps_calls_flowing_and_converges_after_kill(
             "apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": NS},
             "spec": {"selector": {"app": "echo"},
                      "ports": [{"name": "grpc", "port": PORT, "appProtocol": "grpc"}]}}))
+    # proxyless gRPC callers take mTLS from a DestinationRule: meshctl's canary writes it
+    m.meshctl("canary", "--cluster", "cluster1", "--namespace", NS, "--service", "echo",
+              "--weights", "v1=100", "--clusters-dir", str(m.folder))
     caller = wl.start_caller(sb, cluster="cluster1", namespace=NS, service_account="caller")
     eventually(lambda: calls.send(sb, caller, f"echo.{NS}.svc.cluster.local", PORT,
                                   count=5, qps=20).ok == 5 or None, timeout=90,
@@ -264,8 +289,9 @@ def test_multi_primary_upgrade_keeps_calls_flowing_and_converges_after_kill(
             for revision in ("default", NEW):
                 assert m.synced(name, revision).get(other) == "synced", (name, revision)
         version = json.loads(m.istioctl("cluster1", "version", "-o", "json"))
-        seen = {v["revision"]: v["info"]["version"] for v in version["meshVersion"]}
-        assert seen == {"default": old_tag, NEW: new_tag}, seen
+        seen = {_key(v, "revision"): _key(_key(v, "info"), "version")
+                for v in version["meshVersion"]}
+        assert seen == {"default": old_tag, NEW: new_tag}, version
         assert_one_line_error(m.upgrade("--finish", "--istioctl", m.new, ok=False), 1,
                               "--move")
 
@@ -356,7 +382,9 @@ def test_primary_remote_rollback_leaves_nothing_then_upgrade_moves_the_remote(
     m.upgrade("--move")
     m.upgrade("--finish", "--istioctl", m.new)
     tag = m.items("cluster2", "mutatingwebhookconfigurations", "-l", "istio.io/tag=default")
-    assert [t["metadata"]["labels"]["istio.io/rev"] for t in tag] == [NEW]
+    assert [t["metadata"]["labels"]["istio.io/rev"] for t in tag] == [NEW], [
+        (h["metadata"]["name"], h["metadata"].get("labels")) for h in m.items(
+            "cluster2", "mutatingwebhookconfigurations")]
     remote_hooks = m.items("cluster2", "mutatingwebhookconfigurations", "-l",
                            "istio.io/rev")
     assert {h["metadata"]["labels"]["istio.io/rev"] for h in remote_hooks} == {NEW}

@@ -33,25 +33,33 @@ def old_proxies(run: Run, up: Upgrade) -> dict[str, int]:
                       lambda n: revisions.connected_proxies(run.clients[n], old))
 
 
-def _move_tag(run: Run, ctl: istio.Istioctl, name: str, up: Upgrade) -> None:
+def _move_tag(run: Run, ctl: istio.Istioctl, name: str, up: Upgrade,
+              *, again: bool = False) -> bool:
     """Point the ``default`` tag at the new revision, where it points at the old one.
 
     The tag owns ``istio-injection=enabled``, validation and leader election; a tag
-    that points elsewhere (another team's) or none is left alone and said so.
+    that points elsewhere (another team's) or none is left alone and said so.  With
+    ``again`` (after the old revision is gone) a tag that went with it is set anew: on
+    a remote-role cluster istioctl renders the default tag from the remote profile's
+    operator, so uninstalling that operator removes the tag (istio/istio#54743 is the
+    same gap from the other side).  Returns True when the tag was (re)set.
     """
     k = run.clients[name]
     now = revisions.default_revision(k)
     if now == up.to_revision:
-        return
-    if now != (up.from_revision or revisions.DEFAULT):
+        return False
+    if not again and now != (up.from_revision or revisions.DEFAULT):
         run.progress(name, f"default tag points at {now or 'nothing'}, not the old revision: "
                            "left alone")
-        return
+        return False
+    if again and now is not None:
+        return False
     run.say(name, f"istioctl tag set default --revision {up.to_revision} --overwrite")
     if not run.dry_run:
         istio.run(ctl, run.config.clusters[name],
                   ["tag", "set", "default", "--revision", up.to_revision, "--overwrite", "-y"],
                   what="istioctl tag set default")
+    return True
 
 
 def finish(run: Run, ctl: istio.Istioctl) -> Upgrade:
@@ -72,11 +80,15 @@ def finish(run: Run, ctl: istio.Istioctl) -> Upgrade:
                                    "restart), then finish")
     if not run.dry_run:
         steps.mark(run, up, state.FINISH, done=False)
-    facts.each(run.plan.names, lambda n: _move_tag(run, ctl, n, up))
+    moved = facts.each(run.plan.names, lambda n: _move_tag(run, ctl, n, up))
     for name in run.primaries():
         steps.expose(run, name, serving_revision=up.to_revision)
     for name in run.remotes() + run.primaries():
         steps.remove_revision(run, ctl, name, up.from_revision)
+    if not run.dry_run:  # a tag that went with the old operator is set again at once
+        facts.each([n for n, did in moved.items() if did] + [
+            n for n, did in moved.items() if not did and up.stage == state.FINISH],
+            lambda n: _move_tag(run, ctl, n, up, again=True))
     if not run.dry_run:
         facts.each(run.plan.names, lambda n: _adopt_target(run, n, up))
     return up.at(state.FINISH, done=True)
