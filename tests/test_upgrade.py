@@ -391,3 +391,11 @@ def test_primary_remote_rollback_leaves_nothing_then_upgrade_moves_the_remote(
     assert "default " + NEW in " ".join(m.istioctl("cluster2", "tag", "list").split())
     assert m.istiods("cluster1") == {f"istiod-{NEW}": m.istiods("cluster1")[f"istiod-{NEW}"]}
     assert m.synced("cluster1", NEW).get("cluster2") == "synced"
+    # teardown after the upgrade leaves no webhook behind, the re-set tag included
+    m.current = m.new
+    result = m.meshctl("teardown", *m.args, "--yes")
+    assert "upgrade --finish" in result.stdout or "tag" in result.stdout, result.stdout
+    for name in NAMES:
+        left = [h["metadata"]["name"] for h in m.items(
+            name, "mutatingwebhookconfigurations,validatingwebhookconfigurations")]
+        assert left == [], (name, left)

@@ -212,6 +212,33 @@ def _crd_exists(k: Kube, doc: Mapping[str, Any]) -> bool:
                  what="read CustomResourceDefinition") is not None
 
 
+TAG_HOOKS = ("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+             "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations")
+
+
+def _upgrade_tags(k: Kube, rec: Mapping[str, str], report: Report) -> None:
+    """Revision tags ``upgrade --finish`` set with ``istioctl tag set``, which belong to
+    no IstioOperator, so uninstall leaves them: those labelled ``istio.io/tag`` that point
+    at the revision the record says meshctl's finished upgrade moved to, once meshctl's
+    own operators (and whatever they owned) are gone.  Another revision's tags stay."""
+    state = upgrade_record.parse(rec)
+    if state is None or state.stage != "finish" or not state.done:
+        return
+    for path in TAG_HOOKS:
+        for hook in k.items(path, query={"labelSelector": f"istio.io/tag,istio.io/rev="
+                                                            f"{state.to_revision}"}):
+            labels = hook["metadata"].get("labels") or {}
+            if labels.get(ownership.OWNING_RESOURCE):
+                continue  # an operator's: not the tag istioctl tag set made
+            doc = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": hook.get(
+                "kind") or ("MutatingWebhookConfiguration" if "mutating" in path
+                            else "ValidatingWebhookConfiguration"),
+                   "metadata": {"name": hook["metadata"]["name"]}}
+            if kube.delete(k, doc, only_managed=False):
+                report.removed.append(f"{doc['kind']} {doc['metadata']['name']} (revision tag "
+                                      f"{labels.get('istio.io/tag')} set by upgrade --finish)")
+
+
 def undo_cluster(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name: str,
                  rec: Mapping[str, str], *, progress: install.Progress) -> Report:
     """Everything bootstrap did on one cluster, in reverse, as far as the record says."""
@@ -228,6 +255,7 @@ def undo_cluster(k: Kube, ctl: istio.Istioctl, config: Config, plan: Plan, name:
         report.kept.extend(kept)
     _uninstall(k, ctl, config, plan, name, rec, report, progress)
     if rec:
+        _upgrade_tags(k, rec, report)
         _crds(k, name, rec, plan.mesh_id, report, progress)
     _cacerts(k, config, report)
     if rec:
