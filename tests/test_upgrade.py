@@ -248,9 +248,12 @@ def test_multi_primary_upgrade_keeps_calls_flowing_and_converges_after_kill(
     assert_one_line_error(m.upgrade("--to", NEW, "--istioctl", m.new, ok=False), 1,
                           "jumps 3 minors")
     assert m.written() == before
-    for name in NAMES:
+    for name in NAMES:  # put it back, and forget kubectl's ownership of the field
         m.kubectl(name, "patch", "cm", "meshctl-install", "-n", "istio-system", "--type",
                   "merge", "-p", json.dumps({"data": {"istioctl-version": old_tag}}))
+        m.kubectl(name, "patch", "cm", "meshctl-install", "-n", "istio-system", "--type",
+                  "json", "-p", json.dumps([{"op": "replace", "path": "/metadata/managedFields",
+                                             "value": [{}]}]))
 
     # real workloads: echo v1 in cluster2 only, a caller in cluster1
     server = wl.start(sb, cluster="cluster2", namespace=NS, service="echo", version="v1")[0]

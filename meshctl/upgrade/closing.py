@@ -81,10 +81,9 @@ def finish(run: Run, ctl: istio.Istioctl) -> Upgrade:
     if not run.dry_run:
         steps.mark(run, up, state.FINISH, done=False)
     moved = facts.each(run.plan.names, lambda n: _move_tag(run, ctl, n, up))
-    for name in run.primaries():
-        steps.expose(run, name, serving_revision=up.to_revision)
-    for name in run.remotes() + run.primaries():
-        steps.remove_revision(run, ctl, name, up.from_revision)
+    facts.each(run.primaries(), lambda n: steps.expose(run, n, serving_revision=up.to_revision))
+    for group in (run.remotes(), run.primaries()):  # remotes first; each group at once
+        facts.each(group, lambda n: steps.remove_revision(run, ctl, n, up.from_revision))
     if not run.dry_run:  # a tag that went with the old operator is set again at once
         facts.each([n for n, did in moved.items() if did] + [
             n for n, did in moved.items() if not did and up.stage == state.FINISH],
@@ -162,8 +161,8 @@ def rollback(run: Run, old_ctl: istio.Istioctl) -> Upgrade:
     facts.each(run.remotes(), back)
     if not run.dry_run:
         _no_newer_proxies_left(run, up)
-    for name in run.remotes() + run.primaries():
-        steps.remove_revision(run, old_ctl, name, up.to_revision)
+    for group in (run.remotes(), run.primaries()):
+        facts.each(group, lambda n: steps.remove_revision(run, old_ctl, n, up.to_revision))
     if not run.dry_run:
         for name in run.plan.names:
             own = upgrade_record.parse(run.records[name]) or up
