@@ -123,3 +123,32 @@ def test_bootstrap_is_refused_during_an_upgrade_and_after_one_until_mesh_yaml_fo
              install.OPERATOR_PREFIX + install_record.CONTROL_PLANE: op}
     assert "set istio.revision: canary" in install.version_problem(after, ctl, "")
     assert install.version_problem(after, ctl, "canary") is None
+
+
+def test_a_revision_tag_set_by_finish_counts_as_meshctls_only_beside_its_injector() -> None:
+    """After ``upgrade --finish`` the default tag carries no owning resource (``istioctl
+    tag set`` made it); preflight's ownership check accepts it when it points at a
+    revision whose injector meshctl's operator installed, and nothing else."""
+    from meshctl.config import Cluster
+    from meshctl.preflight import facts as pfacts
+    from meshctl.preflight import ownership as pown
+    from meshctl.preflight.found import Found, IstioFound
+
+    def hook(name: str, revision: str, owner: str = "") -> Found:
+        return Found(kind="MutatingWebhookConfiguration", namespace="", name=name,
+                     revision=revision, owner=owner)
+
+    cluster = Cluster(name="c1", context="c1", network="n1", role="primary",
+                      source=__import__("pathlib").Path("c1.yaml"))
+    fp = pfacts.Footprint(istiod=True, ingress_gateway=True, east_west_gateway=True,
+                          istio_gateways=False, link_source=True)
+    ours = hook("istio-sidecar-injector-canary", "canary", "meshctl-c1-canary")
+    tag = hook("istio-revision-tag-default", "canary")
+    stray = hook("istio-revision-tag-default", "blue")
+    other = hook("istio-sidecar-injector-blue", "blue")
+    found = IstioFound(webhooks=[ours, tag], record=True)
+    f = pfacts.Facts(cluster=cluster, footprint=fp, istio_found=found)
+    assert pown.mine(f, tag) and pown.mine(f, ours)
+    assert not pown.mine(f, stray) and not pown.mine(f, other)
+    f.istio_found = IstioFound(webhooks=[ours, tag], record=False)
+    assert not pown.mine(f, tag)

@@ -52,10 +52,22 @@ READ_HINT = ("to tell whose Istio this is the context needs to list deployments,
 SHOWN = 3  # findings named in one message; --json has them all
 
 
+TAG_PREFIX = "istio-revision-tag-"
+
+
 def mine(facts: Facts, obj: Found) -> bool:
-    """Rendered by istioctl from one of meshctl's IstioOperators, on a recorded cluster."""
-    return facts.istio_found.record and ownership.is_meshctl_operator(
-        obj.owner, facts.cluster.name)
+    """Rendered by istioctl from one of meshctl's IstioOperators, on a recorded cluster;
+    or a revision tag (``istioctl tag set``, which ``upgrade --finish`` runs: no operator
+    owns it) that points at a revision whose injector is one of meshctl's here."""
+    if not facts.istio_found.record:
+        return False
+    name = facts.cluster.name
+    if ownership.is_meshctl_operator(obj.owner, name):
+        return True
+    return (not obj.owner and obj.kind == "MutatingWebhookConfiguration"
+            and obj.name.startswith(TAG_PREFIX)
+            and any(o.revision == obj.revision and ownership.is_meshctl_operator(o.owner, name)
+                    for o in facts.istio_found.webhooks))
 
 
 def _listed(items: Sequence[str]) -> str:
