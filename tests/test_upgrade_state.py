@@ -152,3 +152,15 @@ def test_a_revision_tag_set_by_finish_counts_as_meshctls_only_beside_its_injecto
     assert not pown.mine(f, stray) and not pown.mine(f, other)
     f.istio_found = IstioFound(webhooks=[ours, tag], record=False)
     assert not pown.mine(f, tag)
+
+
+def test_status_says_a_mixed_version_mesh_is_expected_during_an_upgrade() -> None:
+    from meshctl import report
+
+    up = UP.at("move", done=False).with_moved(["shop"])
+    doc = {**up.__dict__, "moved": list(up.moved)}
+    line = report._upgrade_note("cluster1", doc)
+    assert "upgrade in progress" in line and "1.31-dev.20260423" in line and \
+        "1.31-dev.20260827" in line and "accepted during an upgrade" in line and "shop" in line
+    done = report._upgrade_note("cluster1", {**doc, "stage": "finish", "done": True})
+    assert "last upgrade" in done and "in progress" not in done
