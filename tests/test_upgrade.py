@@ -363,7 +363,20 @@ def test_primary_remote_rollback_leaves_nothing_then_upgrade_moves_the_remote(
     # rollback needs the istioctl that installed the old revision
     assert_one_line_error(m.upgrade("--rollback", "--istioctl", m.new, ok=False), 1,
                           old_tag)
-    m.upgrade("--rollback", "--istioctl", m.old)
+    # a proxy still on the new revision (a sandbox server, whose echo server keeps its xDS
+    # stream open; meshctl cannot restart it)
+    # must not be left with the older control plane: rollback stops before removing it
+    sb = sbx.load(handle.state_dir)
+    wl.start(sb, cluster="cluster1", namespace="default", service="stray", version="v1")
+    refused = m.upgrade("--rollback", "--istioctl", m.old, ok=False)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert len(errors) == 1 and f"proxies still connect to revision {NEW} (cluster1: 1)" in \
+        errors[0] and "newer than their control plane" in errors[0], refused.stderr
+    assert f"istiod-{NEW}" in m.istiods("cluster1")
+    wl.delete(sb, cluster="cluster1", namespace="default", service="stray")
+    eventually(lambda: m.upgrade("--rollback", "--istioctl", m.old, ok=False).returncode == 0
+               or None, timeout=90, what="rollback once the stray proxy is gone")
     for name in NAMES:
         assert m.owned_by(name, f"meshctl-{name}-{NEW}") == []
         assert m.by_revision(name, NEW) == [], m.by_revision(name, NEW)
