@@ -85,9 +85,8 @@ def finish(run: Run, ctl: istio.Istioctl) -> Upgrade:
     for group in (run.remotes(), run.primaries()):  # remotes first; each group at once
         facts.each(group, lambda n: steps.remove_revision(run, ctl, n, up.from_revision))
     if not run.dry_run:  # a tag that went with the old operator is set again at once
-        facts.each([n for n, did in moved.items() if did] + [
-            n for n, did in moved.items() if not did and up.stage == state.FINISH],
-            lambda n: _move_tag(run, ctl, n, up, again=True))
+        facts.each([n for n, did in moved.items() if did or up.stage == state.FINISH],
+                   lambda n: _move_tag(run, ctl, n, up, again=True))
     if not run.dry_run:
         facts.each(run.plan.names, lambda n: _adopt_target(run, n, up))
     return up.at(state.FINISH, done=True)

@@ -64,7 +64,7 @@ def start_problems(run: Run, ctl: istio.Istioctl, to: str) -> Upgrade:
                               hint="re-run start with the istioctl it began with")
         return up
     old = steps.serving(run)
-    if to == (old or revisions.DEFAULT) or to == old:
+    if to == old:  # 'default' was refused above
         raise UsageError(f"--to {to}: the mesh already runs revision {to}")
     versions = {rec.get(install.REC_VERSION, "") for rec in run.records.values()}
     if len(versions) != 1 or not next(iter(versions)):

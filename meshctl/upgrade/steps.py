@@ -222,27 +222,26 @@ def restart(run: Run, name: str, namespace: str) -> list[str]:
     revision the namespace's label now names."""
     k = run.clients[name]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    restarted = []
+    restarted: list[tuple[str, str]] = []  # (kind, name)
     for kind in WORKLOAD_KINDS:
         base = f"/apis/apps/v1/namespaces/{namespace}/{kind}"
         for obj in k.items(base, what=f"list {kind} in {namespace}"):
             obj_name = obj["metadata"]["name"]
-            restarted.append(f"{kind[:-1]} {namespace}/{obj_name}")
-            if run.dry_run:
-                continue
-            k.request("PATCH", f"{base}/{obj_name}", body={"spec": {"template": {
-                "metadata": {"annotations": {RESTART_ANNOTATION: now}}}}},
-                content_type="application/strategic-merge-patch+json",
-                query={"fieldManager": "meshctl-upgrade"},
-                what=f"restart {kind[:-1]} {namespace}/{obj_name}")
-    for item in restarted if not run.dry_run else []:
-        kind, ref = item.split(" ", 1)
-        ns, obj_name = ref.split("/", 1)
-        kube.wait_for(f"{name}: {item} rolled out",
-                      lambda kind=kind, ns=ns, obj_name=obj_name: _rollout_problem(
-                          k, f"{kind}s", ns, obj_name),
-                      timeout=ROLLOUT_TIMEOUT, interval=2.0)
-    return restarted
+            restarted.append((kind, obj_name))
+            if not run.dry_run:
+                k.request("PATCH", f"{base}/{obj_name}", body={"spec": {"template": {
+                    "metadata": {"annotations": {RESTART_ANNOTATION: now}}}}},
+                    content_type="application/strategic-merge-patch+json",
+                    query={"fieldManager": "meshctl-upgrade"},
+                    what=f"restart {kind[:-1]} {namespace}/{obj_name}")
+    shown = [f"{kind[:-1]} {namespace}/{obj_name}" for kind, obj_name in restarted]
+    if not run.dry_run:
+        for (kind, obj_name), item in zip(restarted, shown, strict=True):
+            kube.wait_for(f"{name}: {item} rolled out",
+                          lambda kind=kind, obj_name=obj_name: _rollout_problem(
+                              k, kind, namespace, obj_name),
+                          timeout=ROLLOUT_TIMEOUT, interval=2.0)
+    return shown
 
 
 def _rollout_problem(k: Kube, kind: str, namespace: str, name: str) -> str | None:
